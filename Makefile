@@ -1,0 +1,52 @@
+# One way to do each thing; the README and .ci/run call these targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps run test test-unit test-integration test-browser lint bench clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes or the venv is missing.
+# torch and torchvision first, pinned to the builds this machine's pip serves from disk (see ../shared/NOTES.md).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 'setuptools<81' wheel
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[api,worker,local,dev]'
+	$(PY) -c "import torch, clip, taming.modules.diffusionmodules.model, fastapi, celery" 
+	touch $(STAMP)
+
+# Debian packages the tests drive for real: redis-server, and Chromium for the browser tests.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+run: install
+	$(VENV)/bin/artgen up
+
+test: install system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/engine.py --model imagenet-16384 --random-weights --size 64 --cutn 8 --iterations 5
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

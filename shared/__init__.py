@@ -1,0 +1,1 @@
+"""Code that the API and the workers both use: settings, job schema, Redis keys, prompt syntax."""

@@ -1,0 +1,128 @@
+"""The job record both sides read and write, its states, and the names of Celery tasks and queues."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+# The API enqueues by name and never imports worker code.
+TASK_GENERATE = "artgen.generate"
+
+
+def queue_for(model: str) -> str:
+    """One Celery queue per model, so a worker only takes jobs for the models it has loaded."""
+    return f"artgen.{model}"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
+
+# Notes shown with every job on a model whose pictures are not meant as art.
+MODEL_NOTES = {
+    "tiny": (
+        "untrained demo model: pictures are not art; "
+        "run `artgen models pull imagenet-16384` for the real one"
+    ),
+    "toyworld": (
+        "offline demo model trained on simple shapes and colours; "
+        "run `artgen models pull imagenet-16384` for the real one"
+    ),
+}
+
+
+class JobParams(BaseModel):
+    """What a job paints; validated against the settings' limits by the API before it is queued."""
+
+    prompt: str
+    model: str
+    width: int
+    height: int
+    iterations: int
+    seed: int
+    cutn: int
+    cut_pow: float = 1.0
+    step_size: float = 0.1
+    init_weight: float = 0.0
+    has_init_image: bool = False
+    image_prompt_count: int = 0
+    preview_every: int = 5
+
+
+class JobRecord(JobParams):
+    """A job as stored in its Redis hash (`Keys.job`), flat so that single fields can be updated."""
+
+    id: str
+    state: JobState = JobState.QUEUED
+    owner: str = ""  # hash of the API key that made it; "" with keys off
+    iteration: int = 0
+    loss: float | None = None
+    its: float | None = None  # iterations per second, smoothed by the worker
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    worker: str | None = None
+    attempts: int = 0
+    resumed_from: int | None = None  # iteration of the checkpoint the last attempt resumed from
+    frame_seq: int = 0  # increments with every stored frame; the ETag of /frame
+    note: str | None = None
+
+    def to_redis(self) -> dict[str, str]:
+        """Encode for HSET: None fields are left out, bools as 0/1, everything else as text."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, raw: dict[Any, Any]) -> JobRecord:
+        """Decode an HGETALL reply (bytes or str keys); pydantic converts the text back to types."""
+        decoded = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        for flag in ("has_init_image",):
+            if flag in decoded:
+                decoded[flag] = decoded[flag] in {"1", "True", "true"}
+        return cls.model_validate(decoded)
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state is not JobState.RUNNING or not self.its:
+            return None
+        return max(0.0, (self.iterations - self.iteration) / self.its)
+
+
+class EventType(StrEnum):
+    """Entries of a job's event stream (`Keys.events`): field `event` is one of these, `data` is JSON."""
+
+    PROGRESS = "progress"  # {"iteration", "iterations", "loss", "its"}
+    FRAME = "frame"  # {"seq", "iteration"}
+    FINISHED = "finished"  # {"state", "error"}
+
+
+# Events kept per job stream; SSE clients that fall further behind read the job record instead.
+EVENTS_MAXLEN = 500

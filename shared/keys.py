@@ -1,0 +1,90 @@
+"""Builders for every Redis key the service uses; nothing else spells a key by hand.
+
+All keys start with the configured prefix so that deployments and test runs can share a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix (`Settings.redis_prefix`)."""
+
+    prefix: str = "artgen"
+
+    # --- per job ---------------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (parameters, state, progress, timings)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def frame(self, job_id: str) -> str:
+        """String: PNG bytes of the latest intermediate frame."""
+        return f"{self.prefix}:job:{job_id}:frame"
+
+    def frames(self, job_id: str) -> str:
+        """List: PNG bytes of the preview frames kept for the time-lapse, oldest first."""
+        return f"{self.prefix}:job:{job_id}:frames"
+
+    def result(self, job_id: str) -> str:
+        """String: PNG bytes of the final picture."""
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def init_image(self, job_id: str) -> str:
+        """String: the uploaded start picture (kept out of broker messages)."""
+        return f"{self.prefix}:job:{job_id}:init"
+
+    def image_prompt(self, job_id: str, index: int) -> str:
+        """String: an uploaded image prompt."""
+        return f"{self.prefix}:job:{job_id}:image_prompt:{index}"
+
+    def cancel(self, job_id: str) -> str:
+        """String flag: set by the API, checked by the loop every iteration."""
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def events(self, job_id: str) -> str:
+        """Stream: progress / frame / finished events for SSE clients."""
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def lock(self, job_id: str) -> str:
+        """String with TTL: held by the one worker running the job, refreshed as a heartbeat."""
+        return f"{self.prefix}:job:{job_id}:lock"
+
+    def checkpoint(self, job_id: str) -> str:
+        """String: serialized latent and optimiser state, for resuming after a crash."""
+        return f"{self.prefix}:job:{job_id}:checkpoint"
+
+    def all_for_job(self, job_id: str) -> list[str]:
+        """Every fixed key of one job (image prompts aside), for TTLs and clean-up."""
+        return [
+            self.job(job_id),
+            self.frame(job_id),
+            self.frames(job_id),
+            self.result(job_id),
+            self.init_image(job_id),
+            self.cancel(job_id),
+            self.events(job_id),
+            self.checkpoint(job_id),
+        ]
+
+    # --- indexes ---------------------------------------------------------------------------------
+    def recent(self) -> str:
+        """Sorted set: every job id, scored by creation time."""
+        return f"{self.prefix}:jobs:recent"
+
+    def owner_jobs(self, owner: str) -> str:
+        """Sorted set: one API key's job ids (owner is a hash of the key), scored by creation time."""
+        return f"{self.prefix}:owner:{owner}:jobs"
+
+    def queued(self, queue: str) -> str:
+        """Sorted set: job ids waiting in one queue, scored by enqueue time (for queue positions)."""
+        return f"{self.prefix}:queued:{queue}"
+
+    def rate(self, owner: str, window: int) -> str:
+        """Counter: requests by one caller in one rate-limit window."""
+        return f"{self.prefix}:rate:{owner}:{window}"
+
+    def workers(self) -> str:
+        """Hash: worker name -> last heartbeat (unix seconds) and models served."""
+        return f"{self.prefix}:workers"

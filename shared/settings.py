@@ -1,0 +1,124 @@
+"""Every setting of the service, read from `ARTGEN_*` environment variables (or a `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
+
+
+class Settings(BaseSettings):
+    """One place for configuration; the README's settings table mirrors these fields."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTGEN_", env_file=".env", extra="ignore")
+
+    # --- connections -----------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Namespace for every Redis key, so several deployments (or test runs) can share one server.
+    redis_prefix: str = "artgen"
+
+    # --- models ----------------------------------------------------------------------------------
+    # None means "choose for me": imagenet-16384 when its weights are present, else the offline demo.
+    model: str | None = None
+    models_dir: Path = Path.home() / ".cache" / "artgen" / "models"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Models a worker serves (one Celery queue each); empty = just `model`.
+    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = None  # what `artgen up` prints; defaults to http://host:port
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Seconds a blocking alias route (/v1/generate_text2img) waits before answering 504.
+    blocking_timeout_s: float = Field(600.0, gt=0)
+
+    # --- limits (every one is enforced by the API before a job is queued) -------------------------
+    max_size: int = Field(512, ge=16)  # pixels, each side
+    max_iterations: int = Field(1000, ge=1)
+    max_cutn: int = Field(128, ge=1)
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_queue_depth: int = Field(1000, ge=1)
+
+    # --- job defaults ----------------------------------------------------------------------------
+    default_size: int = 256
+    default_iterations: int = 100
+    default_cutn: int = 32
+    preview_every: int = Field(5, ge=1)
+    # Preview frames kept per job for the time-lapse (older ones are thinned out).
+    timelapse_max_frames: int = Field(60, ge=2)
+
+    # --- lifetimes -------------------------------------------------------------------------------
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    frame_ttl_s: int = Field(24 * 3600, ge=60)
+
+    # --- worker ----------------------------------------------------------------------------------
+    soft_time_limit_s: int = Field(3600, ge=1)
+    hard_time_limit_s: int = Field(3900, ge=1)
+    worker_concurrency: int = Field(1, ge=1)
+
+    # --- ops -------------------------------------------------------------------------------------
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    log_level: str = "INFO"
+
+    @field_validator("worker_models", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            keys = [part.strip() for part in value.split(",") if part.strip()]
+            weak = [k for k in keys if k.lower() in _PLACEHOLDER_SECRETS or len(k) < 16]
+            if weak:
+                raise ValueError("ARTGEN_API_KEYS holds a placeholder or a key shorter than 16 characters")
+            return keys
+        return value
+
+    @field_validator("flower_password")
+    @classmethod
+    def _refuse_placeholder_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("ARTGEN_FLOWER_PASSWORD is a placeholder; set a real secret")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.hard_time_limit_s <= self.soft_time_limit_s:
+            raise ValueError("hard_time_limit_s must be greater than soft_time_limit_s")
+        if self.default_size > self.max_size or self.default_size % 16:
+            raise ValueError("default_size must be a multiple of 16 and at most max_size")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # Above the hard limit, so the broker never redelivers a job that is still legitimately running.
+        return self.hard_time_limit_s + 600
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings(...)` instead."""
+    return Settings()
