@@ -2,7 +2,8 @@
 
 The API validates with it (so a bad prompt is a 422 before anything is queued) and the engine builds
 its loss terms from it. Colons inside the text are allowed: only trailing pieces that look like
-numbers are read as weight and stop, so "a sign saying 10:30" keeps its text intact.
+numbers are read as weight and stop, so "poster: a red fox" keeps its text intact
+(while "a sign saying 10:30" reads 30 as a weight, as in the original notebooks).
 """
 
 from __future__ import annotations
