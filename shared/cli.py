@@ -12,9 +12,9 @@ import click
 _COMMANDS = {
     "generate": "worker.cli:generate",
     "models": "worker.cli:models",
-    "up": "shared.stack:up",
+    "up": "worker.stack:up",
     "api": "api.cli:api",
-    "worker": "worker.cli:worker",
+    "worker": "worker.main:worker",
     "flower": "shared.stack:flower",
 }
 _HELP = {
@@ -54,3 +54,7 @@ def cli(log_level: str) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="artgen")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,8 +34,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 # Notes shown with every job on a model whose pictures are not meant as art.
 MODEL_NOTES = {
     "tiny": (
-        "untrained demo model: pictures are not art; "
-        "run `artgen models pull imagenet-16384` for the real one"
+        "untrained demo model: pictures are not art; run `artgen models pull imagenet-16384` for the real one"
     ),
     "toyworld": (
         "offline demo model trained on simple shapes and colours; "

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     soft_time_limit_s: int = Field(3600, ge=1)
     hard_time_limit_s: int = Field(3900, ge=1)
     worker_concurrency: int = Field(1, ge=1)
+    # Latent + optimiser state saved this often, so a job redelivered after a crash resumes from there.
+    checkpoint_every: int = Field(25, ge=1)
+    # A running job's lock expires this long after its worker stops refreshing it (crash detection).
+    lock_ttl_s: int = Field(30, ge=5)
+    # Deliveries of one job before it is marked failed instead of tried again.
+    max_attempts: int = Field(3, ge=1)
 
     # --- ops -------------------------------------------------------------------------------------
     flower_port: int = Field(5555, ge=1, le=65535)

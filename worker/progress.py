@@ -1,0 +1,185 @@
+"""Publishing a running job's progress to Redis: the engine's `on_step` callback and its helpers.
+
+Per iteration the reporter makes one pipelined round trip (progress fields, a progress event, and a
+read of the cancel flag). Preview frames are PNG-encoded and stored on a background thread so the
+optimisation loop never waits for an encoder or the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from shared.jobs import EVENTS_MAXLEN, EventType
+from shared.keys import Keys
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+    from worker.engine import StepInfo
+
+log = logging.getLogger(__name__)
+
+# Compare-and-refresh / compare-and-delete, so a worker never touches a lock another one holds.
+_REFRESH_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def publish_event(pipe: Any, keys: Keys, job_id: str, event: EventType, data: dict[str, Any]) -> None:
+    """Queue one event on the job's stream (on a pipeline or a client)."""
+    pipe.xadd(
+        keys.events(job_id),
+        {"event": event.value, "data": json.dumps(data)},
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    # compress_level 1: previews are replaced every few iterations; speed beats size here.
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class FrameWriter:
+    """Encodes and stores preview frames on its own thread; when it falls behind, the newest frame wins."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, settings: Settings) -> None:
+        self._client = client
+        self._keys = keys
+        self._job_id = job_id
+        self._settings = settings
+        self._pending: queue.Queue[tuple[Image.Image, int] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"frames-{job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: Image.Image, iteration: int) -> None:
+        if self._error is not None:
+            raise RuntimeError("storing preview frames failed") from self._error
+        try:
+            self._pending.put_nowait((image, iteration))
+        except queue.Full:
+            # Replace the frame still waiting: only the latest picture matters to a watcher.
+            with contextlib.suppress(queue.Empty):
+                self._pending.get_nowait()
+            self._pending.put_nowait((image, iteration))
+
+    def close(self) -> None:
+        """Store whatever is pending, then stop; raises if storing any frame failed."""
+        self._pending.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("storing preview frames failed") from self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            image, iteration = item
+            try:
+                self.store(encode_png(image), iteration)
+            except Exception as exc:  # surfaced to the loop by submit()/close()
+                log.exception("storing a preview frame of job %s failed", self._job_id)
+                self._error = exc
+                return
+
+    def store(self, png: bytes, iteration: int) -> None:
+        keys, job_id, ttl = self._keys, self._job_id, self._settings.frame_ttl_s
+        frames_key = keys.frames(job_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(keys.frame(job_id), png, ex=ttl)
+        pipe.rpush(frames_key, png)
+        pipe.expire(frames_key, ttl)
+        pipe.hincrby(keys.job(job_id), "frame_seq", 1)
+        _, length, _, seq = pipe.execute()
+        publish_event(self._client, keys, job_id, EventType.FRAME, {"seq": seq, "iteration": iteration})
+        if length > self._settings.timelapse_max_frames:
+            self._thin_out(frames_key)
+
+    def _thin_out(self, frames_key: str) -> None:
+        # Keep every other frame (and always the newest), so the time-lapse still spans the whole job.
+        frames = self._client.lrange(frames_key, 0, -1)
+        kept = frames[::2] if len(frames) % 2 else [*frames[:-1:2], frames[-1]]
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(frames_key)
+        pipe.rpush(frames_key, *kept)
+        pipe.expire(frames_key, self._settings.frame_ttl_s)
+        pipe.execute()
+
+
+class ProgressReporter:
+    """The engine's `on_step`: progress every iteration, a frame every `preview_every` iterations."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, settings: Settings, preview_every: int):
+        self._client = client
+        self._keys = keys
+        self._job_id = job_id
+        self._preview_every = preview_every
+        self.frames = FrameWriter(client, keys, job_id, settings)
+        self.cancel_requested = bool(client.exists(keys.cancel(job_id)))
+
+    def __call__(self, info: StepInfo) -> None:
+        keys, job_id = self._keys, self._job_id
+        fields = {"iteration": info.iteration, "loss": f"{info.loss:.6g}", "its": f"{info.its:.4g}"}
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(keys.job(job_id), mapping=fields)
+        publish_event(pipe, keys, job_id, EventType.PROGRESS, {**fields, "iterations": info.total})
+        pipe.exists(keys.cancel(job_id))
+        self.cancel_requested = bool(pipe.execute()[-1])
+        # The first frame comes at once, so a watcher sees the picture start to form.
+        due = info.iteration == 1 or info.iteration % self._preview_every == 0 or info.iteration == info.total
+        if due:
+            self.frames.submit(info.image(), info.iteration)
+
+    def should_cancel(self) -> bool:
+        return self.cancel_requested
+
+
+class JobLock:
+    """The one-runner-at-a-time lock of a job, refreshed by a thread as the job's heartbeat."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, owner: str, ttl_s: int) -> None:
+        self._client = client
+        self._key = keys.lock(job_id)
+        self._owner = owner
+        self._ttl = ttl_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self._client.set(self._key, self._owner, nx=True, ex=self._ttl):
+            return False
+        self._thread = threading.Thread(target=self._refresh, name="job-lock", daemon=True)
+        self._thread.start()
+        return True
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._client.eval(_RELEASE_LOCK, 1, self._key, self._owner)
+
+    def _refresh(self) -> None:
+        interval = self._ttl / 3
+        while not self._stop.wait(interval):
+            try:
+                self._client.eval(_REFRESH_LOCK, 1, self._key, self._owner, self._ttl)
+            except Exception as exc:  # Redis briefly away: the next refresh may still land in time
+                log.warning("refreshing lock %s failed: %s (at %s)", self._key, exc, time.time())

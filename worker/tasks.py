@@ -1,0 +1,42 @@
+"""Celery tasks: thin wrappers that hand a job id to `worker.runner.run_job`."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from shared.jobs import TASK_GENERATE
+from shared.settings import get_settings
+from worker.celery_app import app, served_models
+from worker.runner import run_job
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache
+def _redis() -> redis.Redis:
+    # One pool per worker process; health checks and retries ride out a Redis restart.
+    settings = get_settings()
+    return redis.Redis.from_url(
+        settings.redis_url, health_check_interval=10, retry_on_timeout=True, socket_keepalive=True
+    )
+
+
+@app.task(name=TASK_GENERATE, bind=True)
+def generate_image(self: Any, job_id: str) -> str | None:
+    """Paint one job; the job record, not Celery's result, carries the outcome."""
+    state = run_job(_redis(), get_settings(), job_id, worker_name=self.request.hostname or "worker")
+    return state.value if state is not None else None
+
+
+def warm_up() -> None:
+    """Load every model this worker serves, once per process, so the first job does not wait for it."""
+    from worker.models import get_models
+
+    settings = get_settings()
+    for name in served_models(settings):
+        log.info("loading model %s on %s", name, settings.device)
+        get_models(name, settings.models_dir, settings.device)
