@@ -55,6 +55,10 @@ class Keys:
         """String: serialized latent and optimiser state, for resuming after a crash."""
         return f"{self.prefix}:job:{job_id}:checkpoint"
 
+    def reaped(self, job_id: str) -> str:
+        """String with TTL: marks a job another worker re-queued after its worker died (once per death)."""
+        return f"{self.prefix}:job:{job_id}:reaped"
+
     def all_for_job(self, job_id: str) -> list[str]:
         """Every fixed key of one job (image prompts aside), for TTLs and clean-up."""
         return [
@@ -84,6 +88,14 @@ class Keys:
     def rate(self, owner: str, window: int) -> str:
         """Counter: requests by one caller in one rate-limit window."""
         return f"{self.prefix}:rate:{owner}:{window}"
+
+    def running(self) -> str:
+        """Set: ids of jobs a worker has started and not finished (checked for dead workers)."""
+        return f"{self.prefix}:jobs:running"
+
+    def shutdown(self, worker: str) -> str:
+        """String flag: this worker is shutting down; its running jobs checkpoint and go back to the queue."""
+        return f"{self.prefix}:worker:{worker}:shutdown"
 
     def workers(self) -> str:
         """Hash: worker name -> last heartbeat (unix seconds) and models served."""

@@ -40,3 +40,12 @@ if state == 'running' or state == 'queued' then
 end
 return 0
 """
+
+# Hand a running job back to the queue (its worker is shutting down). ARGV: none.
+REQUEUE_IF_RUNNING = """
+if redis.call('HGET', KEYS[1], 'state') == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  return 1
+end
+return 0
+"""

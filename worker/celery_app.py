@@ -8,12 +8,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signals
 
 from shared.celeryconf import celery_config
-from shared.jobs import queue_for
+from shared.jobs import TASK_GENERATE, JobRecord, queue_for
 from shared.keys import Keys
 from shared.settings import Settings, get_settings
 
@@ -58,19 +59,27 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self._client().hdel(Keys(self._settings.redis_prefix).workers(), self._name)
+            self.client().hdel(Keys(self._settings.redis_prefix).workers(), self._name)
         except Exception as exc:  # shutting down: Redis may already be gone; say so and move on
             log.warning("could not remove worker heartbeat: %s", exc)
 
-    def _client(self) -> Any:
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def client(self) -> Any:
         import redis
 
         return redis.Redis.from_url(self._settings.redis_url, socket_timeout=5)
 
     def _run(self) -> None:
-        client = self._client()
+        client = self.client()
         key = Keys(self._settings.redis_prefix).workers()
         while not self._stop.is_set():
+            try:
+                reap_orphans(client, self._settings, _send_generate)
+            except Exception as exc:  # Redis away: keep trying; the worker itself reconnects too
+                log.warning("looking for orphaned jobs failed: %s", exc)
             value = json.dumps(
                 {"ts": time.time(), "models": served_models(self._settings), "pid": os.getpid()}
             )
@@ -81,6 +90,35 @@ class _Heartbeat:
             self._stop.wait(WORKER_HEARTBEAT_S)
 
 
+def reap_orphans(client: Any, settings: Settings, requeue: Callable[[str, str], None]) -> list[str]:
+    """Queue again every running job whose worker died (its lock expired); returns their ids.
+
+    Only one worker re-queues a given death (the `reaped` marker), and the job's lock keeps a second
+    copy from running, so a job whose first message also comes back is still painted once.
+    """
+    keys = Keys(settings.redis_prefix)
+    reaped = []
+    for raw_id in client.smembers(keys.running()):
+        job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        if client.exists(keys.lock(job_id)):
+            continue
+        raw = client.hgetall(keys.job(job_id))
+        if not raw or JobRecord.from_redis(raw).state.terminal:
+            client.srem(keys.running(), job_id)
+            continue
+        if not client.set(keys.reaped(job_id), "1", nx=True, ex=settings.lock_ttl_s):
+            continue
+        record = JobRecord.from_redis(raw)
+        log.warning("job %s lost its worker %s; queueing it again to resume", job_id, record.worker)
+        requeue(job_id, queue_for(record.model))
+        reaped.append(job_id)
+    return reaped
+
+
+def _send_generate(job_id: str, queue: str) -> None:
+    app.send_task(TASK_GENERATE, args=[job_id], queue=queue)
+
+
 _heartbeat: _Heartbeat | None = None
 
 
@@ -89,7 +127,21 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     name = getattr(sender, "hostname", None) or f"artgen@{socket.gethostname()}"
     _heartbeat = _Heartbeat(get_settings(), name)
+    # A flag left by an earlier run of this worker name would hand back every job at once.
+    _heartbeat.client().delete(Keys(get_settings().redis_prefix).shutdown(name))
     _heartbeat.start()
+
+
+@signals.worker_shutting_down.connect
+def _hand_back_jobs(**_: Any) -> None:
+    """Ask this worker's running jobs to checkpoint and return to the queue, so shutdown is quick."""
+    if _heartbeat is None:
+        return
+    settings = get_settings()
+    try:
+        _heartbeat.client().set(Keys(settings.redis_prefix).shutdown(_heartbeat.name), "1", ex=3600)
+    except Exception as exc:  # Redis away: the jobs' locks expire and other workers take them over
+        log.warning("could not ask running jobs to hand back: %s", exc)
 
 
 @signals.worker_shutdown.connect

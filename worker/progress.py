@@ -127,13 +127,23 @@ class FrameWriter:
 class ProgressReporter:
     """The engine's `on_step`: progress every iteration, a frame every `preview_every` iterations."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, settings: Settings, preview_every: int):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        job_id: str,
+        settings: Settings,
+        preview_every: int,
+        worker: str,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._job_id = job_id
+        self._worker = worker
         self._preview_every = preview_every
         self.frames = FrameWriter(client, keys, job_id, settings)
         self.cancel_requested = bool(client.exists(keys.cancel(job_id)))
+        self.handback_requested = bool(client.exists(keys.shutdown(worker)))
 
     def __call__(self, info: StepInfo) -> None:
         keys, job_id = self._keys, self._job_id
@@ -142,7 +152,10 @@ class ProgressReporter:
         pipe.hset(keys.job(job_id), mapping=fields)
         publish_event(pipe, keys, job_id, EventType.PROGRESS, {**fields, "iterations": info.total})
         pipe.exists(keys.cancel(job_id))
-        self.cancel_requested = bool(pipe.execute()[-1])
+        pipe.exists(keys.shutdown(self._worker))
+        *_, cancel, shutdown = pipe.execute()
+        self.cancel_requested = bool(cancel)
+        self.handback_requested = bool(shutdown)
         # The first frame comes at once, so a watcher sees the picture start to form.
         due = info.iteration == 1 or info.iteration % self._preview_every == 0 or info.iteration == info.total
         if due:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -17,7 +18,7 @@ from shared.jobs import EventType, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
-from shared.transitions import FINISH_IF_RUNNING, START_IF_RUNNABLE
+from shared.transitions import FINISH_IF_RUNNING, REQUEUE_IF_RUNNING, START_IF_RUNNABLE
 from worker.progress import JobLock, ProgressReporter, publish_event
 
 if TYPE_CHECKING:
@@ -31,8 +32,18 @@ class JobError(Exception):
     """A failure that belongs to the job (bad stored input, missing weights): reported, not retried."""
 
 
-def run_job(client: redis.Redis, settings: Settings, job_id: str, worker_name: str) -> JobState | None:
-    """Run a queued job (or resume one whose worker died); returns its final state, None if unknown."""
+class _HandedBack(Exception):
+    """The worker is shutting down: the job was checkpointed and must go back to the queue."""
+
+
+# Puts a job id back on its model's queue (the Celery task passes `send_task`).
+Requeue = Callable[[str, str], None]
+
+
+def run_job(
+    client: redis.Redis, settings: Settings, job_id: str, worker_name: str, requeue: Requeue
+) -> JobState | None:
+    """Run a queued job (or resume one whose worker died); returns its state afterwards, None if unknown."""
     keys = Keys(settings.redis_prefix)
     raw = client.hgetall(keys.job(job_id))
     if not raw:
@@ -54,10 +65,15 @@ def run_job(client: redis.Redis, settings: Settings, job_id: str, worker_name: s
             return _finish(client, keys, settings, job_id, JobState.FAILED, error)
         if not client.eval(START_IF_RUNNABLE, 1, keys.job(job_id), time.time(), worker_name):
             return JobRecord.from_redis(client.hgetall(keys.job(job_id))).state
-        client.zrem(keys.queued(queue_for(record.model)), job_id)
+        pipe = client.pipeline(transaction=True)
+        pipe.zrem(keys.queued(queue_for(record.model)), job_id)
+        pipe.sadd(keys.running(), job_id)
+        pipe.execute()
         try:
-            state = _paint(client, keys, settings, record)
+            state = _paint(client, keys, settings, record, worker_name)
             error = None
+        except _HandedBack:
+            return _hand_back(client, keys, record, requeue)
         except JobError as exc:
             state, error = JobState.FAILED, str(exc)
         except SoftTimeLimitExceeded:
@@ -70,7 +86,7 @@ def run_job(client: redis.Redis, settings: Settings, job_id: str, worker_name: s
         lock.release()
 
 
-def _paint(client: redis.Redis, keys: Keys, settings: Settings, record: JobRecord) -> JobState:
+def _paint(client: redis.Redis, keys: Keys, settings: Settings, record: JobRecord, worker: str) -> JobState:
     from worker.engine import GenerationConfig, Painter, png_bytes
     from worker.models import ChecksumMismatch, ModelsMissing, get_models
 
@@ -100,13 +116,16 @@ def _paint(client: redis.Redis, keys: Keys, settings: Settings, record: JobRecor
         raise JobError(f"invalid job parameters: {exc}") from exc
     _resume(client, keys, painter, job_id)
 
-    reporter = ProgressReporter(client, keys, job_id, settings, preview_every=record.preview_every)
+    reporter = ProgressReporter(client, keys, job_id, settings, record.preview_every, worker)
     canceled = False
     try:
         while painter.iteration < config.iterations:
             if reporter.should_cancel():
                 canceled = True
                 break
+            if reporter.handback_requested:
+                _save_checkpoint(client, keys, settings, painter, job_id)
+                raise _HandedBack
             reporter(painter.step())
             if painter.iteration % settings.checkpoint_every == 0 and painter.iteration < config.iterations:
                 _save_checkpoint(client, keys, settings, painter, job_id)
@@ -162,6 +181,18 @@ def _resume(client: redis.Redis, keys: Keys, painter: Painter, job_id: str) -> N
     log.info("job %s resumed from its checkpoint at iteration %d", job_id, painter.iteration)
 
 
+def _hand_back(client: redis.Redis, keys: Keys, record: JobRecord, requeue: Requeue) -> JobState:
+    """Return a checkpointed job to the queue so another worker resumes it."""
+    if client.eval(REQUEUE_IF_RUNNING, 1, keys.job(record.id)):
+        pipe = client.pipeline(transaction=True)
+        pipe.srem(keys.running(), record.id)
+        pipe.zadd(keys.queued(queue_for(record.model)), {record.id: record.created_at})
+        pipe.execute()
+        requeue(record.id, queue_for(record.model))
+        log.info("job %s handed back to the queue (worker shutting down)", record.id)
+    return JobState.QUEUED
+
+
 def _finish(
     client: redis.Redis, keys: Keys, settings: Settings, job_id: str, state: JobState, error: str | None
 ) -> JobState:
@@ -170,6 +201,7 @@ def _finish(
         pipe = client.pipeline(transaction=True)
         publish_event(pipe, keys, job_id, EventType.FINISHED, {"state": state.value, "error": error})
         pipe.delete(keys.checkpoint(job_id))
+        pipe.srem(keys.running(), job_id)
         for key in keys.all_for_job(job_id):
             pipe.expire(key, settings.job_ttl_s)
         pipe.execute()

@@ -28,7 +28,11 @@ def _redis() -> redis.Redis:
 @app.task(name=TASK_GENERATE, bind=True)
 def generate_image(self: Any, job_id: str) -> str | None:
     """Paint one job; the job record, not Celery's result, carries the outcome."""
-    state = run_job(_redis(), get_settings(), job_id, worker_name=self.request.hostname or "worker")
+
+    def requeue(job: str, queue: str) -> None:
+        app.send_task(TASK_GENERATE, args=[job], queue=queue)
+
+    state = run_job(_redis(), get_settings(), job_id, self.request.hostname or "worker", requeue)
     return state.value if state is not None else None
 
 

@@ -1,0 +1,212 @@
+"""The job runner against fakeredis (with Lua) and the real engine on the `tiny` preset."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import fakeredis
+import pytest
+import torch
+from PIL import Image
+
+from shared.jobs import JobRecord, JobState, queue_for
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.transitions import CANCEL_IF_QUEUED
+from worker.runner import run_job
+
+KEYS = Keys("unit")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        redis_prefix="unit",
+        model="tiny",
+        device="cpu",
+        models_dir=tmp_path,
+        checkpoint_every=4,
+        preview_every=2,
+    )
+
+
+@pytest.fixture
+def client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+class Requeued(list[tuple[str, str]]):
+    """Records what the runner puts back on the queue (the Celery producer's place in these tests)."""
+
+    def __call__(self, job_id: str, queue: str) -> None:
+        self.append((job_id, queue))
+
+
+@pytest.fixture
+def requeued() -> Requeued:
+    return Requeued()
+
+
+def queue_job(client: fakeredis.FakeRedis, **fields: object) -> JobRecord:
+    params: dict[str, object] = {
+        "id": f"job{time.monotonic_ns()}",
+        "prompt": "a lighthouse at dusk",
+        "model": "tiny",
+        "width": 32,
+        "height": 32,
+        "iterations": 8,
+        "seed": 11,
+        "cutn": 4,
+        "preview_every": 2,
+    }
+    params.update(fields)
+    record = JobRecord.model_validate(params)
+    client.hset(KEYS.job(record.id), mapping=record.to_redis())
+    client.zadd(KEYS.queued(queue_for(record.model)), {record.id: record.created_at})
+    return record
+
+
+def read(client: fakeredis.FakeRedis, job_id: str) -> JobRecord:
+    return JobRecord.from_redis(client.hgetall(KEYS.job(job_id)))
+
+
+def events(client: fakeredis.FakeRedis, job_id: str) -> list[tuple[str, dict[str, object]]]:
+    return [
+        (fields[b"event"].decode(), json.loads(fields[b"data"]))
+        for _, fields in client.xrange(KEYS.events(job_id))
+    ]
+
+
+def test_a_job_runs_to_the_end(client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued) -> None:
+    record = queue_job(client)
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.SUCCEEDED
+
+    final = read(client, record.id)
+    assert final.state is JobState.SUCCEEDED and final.iteration == 8 and final.worker == "w1"
+    assert final.attempts == 1 and final.started_at and final.finished_at
+    assert final.frame_seq >= 4  # iteration 1, then every 2nd
+    assert client.zcard(KEYS.queued(queue_for("tiny"))) == 0
+    assert not client.exists(KEYS.lock(record.id)) and not client.exists(KEYS.checkpoint(record.id))
+    result = Image.open(io.BytesIO(client.get(KEYS.result(record.id))))
+    assert result.size == (32, 32) and result.text["seed"] == "11"
+
+    stream = events(client, record.id)
+    progress = [data["iteration"] for kind, data in stream if kind == "progress"]
+    assert progress == [str(i) for i in range(1, 9)]
+    assert any(kind == "frame" for kind, _ in stream)
+    assert stream[-1] == ("finished", {"state": "succeeded", "error": None})
+    # Every key of the job expires.
+    assert all(client.ttl(key) > 0 for key in KEYS.all_for_job(record.id) if client.exists(key))
+
+
+def test_a_job_canceled_while_queued_never_starts(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+) -> None:
+    record = queue_job(client)
+    assert client.eval(CANCEL_IF_QUEUED, 1, KEYS.job(record.id), time.time()) == 1
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.CANCELED
+    final = read(client, record.id)
+    assert final.started_at is None and final.iteration == 0 and final.attempts == 0
+
+
+def test_the_cancel_flag_stops_a_running_job(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+) -> None:
+    record = queue_job(client, iterations=50)
+    client.set(KEYS.cancel(record.id), "1")
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.CANCELED
+    assert read(client, record.id).iteration < 50
+    assert not client.exists(KEYS.result(record.id))
+
+
+def test_a_job_held_by_another_worker_is_not_run_twice(
+    client: fakeredis.FakeRedis, settings: Settings
+) -> None:
+    record = queue_job(client)
+    client.set(KEYS.lock(record.id), "other-worker", ex=30)
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.RUNNING
+    assert read(client, record.id).state is JobState.QUEUED
+    assert client.get(KEYS.lock(record.id)) == b"other-worker"
+
+
+def test_a_job_that_keeps_killing_workers_ends_failed(
+    client: fakeredis.FakeRedis, settings: Settings
+) -> None:
+    record = queue_job(client, attempts=settings.max_attempts, state="running")
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.FAILED
+    assert "gave up after 3 attempts" in (read(client, record.id).error or "")
+
+
+def test_a_missing_model_fails_with_how_to_get_it(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+) -> None:
+    record = queue_job(client, model="imagenet-16384")
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.FAILED
+    assert "artgen models pull imagenet-16384" in (read(client, record.id).error or "")
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_picture(
+    client: fakeredis.FakeRedis, settings: Settings
+) -> None:
+    from worker.engine import GenerationConfig, Painter
+    from worker.models import get_models
+
+    whole = queue_job(client, seed=5)
+    run_job(client, settings, whole.id, "w1", requeued)
+
+    # A job whose first worker died after iteration 4: its record says running, its checkpoint is there.
+    resumed = queue_job(client, seed=5, state="running", attempts=1, iteration=4)
+    painter = Painter(
+        get_models("tiny", settings.models_dir, "cpu"),
+        GenerationConfig(prompts=resumed.prompt, width=32, height=32, iterations=8, seed=5, cutn=4),
+    )
+    for _ in range(4):
+        painter.step()
+    buffer = io.BytesIO()
+    torch.save(painter.state_dict(), buffer)
+    client.set(KEYS.checkpoint(resumed.id), buffer.getvalue())
+
+    assert run_job(client, settings, resumed.id, "w2", requeued) is JobState.SUCCEEDED
+    final = read(client, resumed.id)
+    assert final.resumed_from == 4 and final.attempts == 2 and final.iteration == 8
+    progress = [data["iteration"] for kind, data in events(client, resumed.id) if kind == "progress"]
+    assert progress == ["5", "6", "7", "8"]  # it did not start again from zero
+    same = [Image.open(io.BytesIO(client.get(KEYS.result(j.id)))).tobytes() for j in (whole, resumed)]
+    assert same[0] == same[1]
+
+
+def test_a_shutting_down_worker_hands_its_job_back(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+) -> None:
+    record = queue_job(client, iterations=8)
+    client.set(KEYS.shutdown("w1"), "1")
+    assert run_job(client, settings, record.id, "w1", requeued) is JobState.QUEUED
+    back = read(client, record.id)
+    assert back.state is JobState.QUEUED and back.attempts == 1
+    assert requeued == [(record.id, queue_for("tiny"))]
+    assert client.exists(KEYS.checkpoint(record.id)) and not client.exists(KEYS.lock(record.id))
+    assert client.zscore(KEYS.queued(queue_for("tiny")), record.id) is not None
+
+    # Another worker picks it up and finishes it from the checkpoint.
+    assert run_job(client, settings, record.id, "w2", requeued) is JobState.SUCCEEDED
+    assert read(client, record.id).iteration == 8
+
+
+def test_orphaned_jobs_are_queued_again_once(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+) -> None:
+    from worker.celery_app import reap_orphans
+
+    alive = queue_job(client, state="running")
+    dead = queue_job(client, state="running")
+    done = queue_job(client, state="succeeded")
+    client.sadd(KEYS.running(), alive.id, dead.id, done.id)
+    client.set(KEYS.lock(alive.id), "w1", ex=30)
+
+    assert reap_orphans(client, settings, requeued) == [dead.id]
+    assert reap_orphans(client, settings, requeued) == []  # a second worker does not queue it twice
+    assert requeued == [(dead.id, queue_for("tiny"))]
+    assert not client.sismember(KEYS.running(), done.id)
