@@ -1,0 +1,1 @@
+"""The torch side of artgen: model presets and loading, the VQGAN+CLIP engine, the worker's CLI."""

@@ -1,0 +1,536 @@
+"""VQGAN+CLIP (Katherine Crowson's method) in one module: small pieces building up to the Painter.
+
+A latent grid z is decoded by a VQGAN (through a straight-through vector quantiser); random cutouts
+of the picture, augmented, are scored by CLIP against the prompts with a spherical distance; Adam
+moves z to lower that loss. Nothing here touches Redis, files or Celery: the caller gets a StepInfo
+per iteration through `on_step` and cancels through `should_cancel`.
+
+Every random draw comes from one torch.Generator per Painter, seeded from the job's seed, so two
+Painters in one process never disturb each other and a seed reproduces a picture byte for byte on CPU.
+The only host-device synchronisation per step is the loss readout at the end of `Painter.step`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, PngImagePlugin
+
+from shared.prompts import PromptSpec, parse_prompts
+
+if TYPE_CHECKING:
+    from worker.models import LoadedModels
+
+STATE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationConfig:
+    """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
+
+    prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
+    width: int = 256  # pixels; a multiple of the VQGAN's downsampling factor (16)
+    height: int = 256
+    iterations: int = 100  # optimisation steps
+    seed: int | None = None  # None: drawn at random, then exposed as Painter.seed
+    step_size: float = 0.1  # Adam learning rate, the notebook's default
+    cutn: int = 32  # cutouts per step: more = smoother gradient, linear cost in CLIP
+    cut_pow: float = 1.0  # cutout size ~ rand**cut_pow: >1 favours small cutouts (detail), <1 large
+    init_image: Image.Image | None = None  # start from this picture's latent instead of noise
+    init_weight: float = 0.0  # weight of MSE(z, z_init) * w / 2 (the notebook's, constant, no decay)
+    image_prompts: list[Image.Image] = field(default_factory=list)  # weight 1 each, CLIP-encoded cutouts
+    augment: bool = True  # per-cutout augmentations + noise (off only for benchmarks/tests)
+    noise_init: Literal["codes", "pixels"] = "codes"  # no init image: random codebook entries
+    # (the notebook's), or uniform pixel noise encoded by the VQGAN (smoother start)
+    noise_fac: float = 0.1  # per-cutout Gaussian noise std drawn from U(0, noise_fac), as the notebook
+
+
+# ------------------------------------------------------------------------------------------------
+# Differentiable building blocks
+# ------------------------------------------------------------------------------------------------
+
+
+class ReplaceGrad(torch.autograd.Function):
+    """Forward `x_forward`, but send the gradient to `x_backward` (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx: Any, x_forward: torch.Tensor, x_backward: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x_backward.shape
+        return x_forward
+
+    @staticmethod
+    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad_in.sum_to_size(ctx.shape)
+
+
+replace_grad = ReplaceGrad.apply
+
+
+class ClampWithGrad(torch.autograd.Function):
+    """Clamp whose gradient survives outside the range only where descent pushes back into range."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        # Descent moves x by -grad: above hi (x - clamp > 0) keep grad >= 0, below lo keep grad <= 0.
+        keep = grad_in * (x - x.clamp(ctx.lo, ctx.hi)) >= 0
+        return grad_in * keep, None, None
+
+
+clamp_with_grad = ClampWithGrad.apply
+
+
+def vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Snap each vector of x (..., C) to its nearest codebook row (K, C); gradient flows to x unchanged."""
+    d = x.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * x @ codebook.T  # (..., K)
+    indices = d.argmin(-1)  # (...)
+    x_q = F.embedding(indices, codebook)  # (..., C)
+    return replace_grad(x_q, x)
+
+
+def spherical_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Half the squared great-circle angle between every row of x (N, D) and of y (M, D): (N, M)."""
+    x = F.normalize(x, dim=-1)
+    y = F.normalize(y, dim=-1)
+    return (x[:, None] - y[None]).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+
+
+class PromptBank:
+    """All prompt embeddings at once: text prompts one row each, image prompts one row per cutout.
+
+    The loss of prompt p is |w_p| * mean over cutouts and its rows of max(sign(w_p) * dist, stop_p) in
+    the forward pass, with the gradient of sign(w_p) * dist (Crowson's `Prompt`, batched).
+    """
+
+    def __init__(self, embeds: list[torch.Tensor], specs: list[PromptSpec]) -> None:
+        device = embeds[0].device
+        rows = [e.shape[0] for e in embeds]
+        self.embeds = torch.cat(embeds).float()  # (E, D)
+        owner = torch.repeat_interleave(torch.arange(len(specs), device=device), torch.tensor(rows, device=device))
+        self.weights = torch.tensor([s.weight for s in specs], device=device)[owner]  # (E,)
+        self.stops = torch.tensor([s.stop for s in specs], device=device)[owner]  # (E,)
+        # (E, P): averages the rows that belong to each prompt.
+        self.average = F.one_hot(owner, len(specs)).float() / torch.tensor(rows, device=device).float()
+        self.specs = specs
+
+    def losses(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Per-prompt loss terms (P,) for CLIP embeddings of the cutouts (cutn, D)."""
+        dists = spherical_distance(image_embeds, self.embeds) * self.weights.sign()  # (cutn, E)
+        dists = replace_grad(dists, torch.maximum(dists, self.stops))
+        return (dists.mean(0) * self.weights.abs()) @ self.average  # (P,)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cutouts and their augmentations, batched: one homography per cutout, one grid_sample for all
+# ------------------------------------------------------------------------------------------------
+
+# Augmentation strengths and probabilities of the original API's kornia pipeline.
+_P_FLIP, _P_SHARP, _P_AFFINE, _P_PERSP, _P_JITTER = 0.5, 0.4, 0.8, 0.4, 0.7
+_SHARPNESS, _DEGREES, _TRANSLATE, _DISTORTION, _HUE, _SATURATION = 0.3, 30.0, 0.1, 0.2, 0.01, 0.01
+_LUMA = (0.299, 0.587, 0.114)
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def _bernoulli(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=g, device=device) < p).float()
+
+
+def _perspective_homographies(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Homographies (n, 3, 3) mapping 4 points src (n, 4, 2) onto dst (n, 4, 2): one batched solve."""
+    n = src.shape[0]
+    x, y = src[..., 0], src[..., 1]  # (n, 4)
+    u, v = dst[..., 0], dst[..., 1]
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], -1)  # (n, 4, 8)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], -1)
+    a = torch.cat([rows_u, rows_v], 1)  # (n, 8, 8)
+    b = torch.cat([u, v], 1)  # (n, 8)
+    h = torch.linalg.solve(a, b)  # (n, 8)
+    return torch.cat([h, torch.ones(n, 1, device=h.device, dtype=h.dtype)], 1).view(n, 3, 3)
+
+
+class MakeCutouts:
+    """Random square crops (size ~ rand**cut_pow between min(side, cut_size) and the short side),
+    resampled to CLIP's input size, each with its own flip, affine, perspective, sharpness, colour
+    jitter and noise. The crop and the geometric augmentations form one sampling homography per cutout,
+    applied with a single grid_sample (supersampled and average-pooled when cutouts shrink, so large
+    pictures are not aliased), then per-sample sharpness, colour matrices and noise, all batched.
+    Geometric warps sample the whole picture around the crop (kornia pads the crop's border instead).
+    """
+
+    def __init__(self, cut_size: int, cutn: int, cut_pow: float = 1.0, augment: bool = True, noise_fac: float = 0.1):
+        self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow
+        self.augment, self.noise_fac = augment, noise_fac
+
+    def boxes(
+        self, side_y: int, side_x: int, g: torch.Generator, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole-pixel crop boxes (size, x offset, y offset), each (cutn,), drawn as the notebook does."""
+        max_size = min(side_x, side_y)
+        min_size = min(side_x, side_y, self.cut_size)
+        r = torch.rand(self.cutn, generator=g, device=device)
+        size = torch.floor(r.pow(self.cut_pow) * (max_size - min_size) + min_size)
+        ox = torch.floor(torch.rand(self.cutn, generator=g, device=device) * (side_x - size + 1))
+        oy = torch.floor(torch.rand(self.cutn, generator=g, device=device) * (side_y - size + 1))
+        return size, ox, oy
+
+    def _augment_homographies(self, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Sampling maps (cutn, 3, 3) in the cutout's normalised [-1, 1] coordinates."""
+        n = self.cutn
+        flip = 1 - 2 * _bernoulli(n, _P_FLIP, g, device)  # -1 mirrors x
+        on = _bernoulli(n, _P_AFFINE, g, device)
+        angle = _uniform(n, -_DEGREES, _DEGREES, g, device) * (math.pi / 180) * on
+        tx = _uniform(n, -2 * _TRANSLATE, 2 * _TRANSLATE, g, device) * on  # fraction of size -> [-1, 1] units
+        ty = _uniform(n, -2 * _TRANSLATE, 2 * _TRANSLATE, g, device) * on
+        cos, sin, zeros, ones = angle.cos(), angle.sin(), torch.zeros(n, device=device), torch.ones(n, device=device)
+        affine = torch.stack([cos * flip, -sin, tx, sin * flip, cos, ty, zeros, zeros, ones], -1).view(n, 3, 3)
+        # Perspective: the picture's corners move inward by up to DISTORTION of the half size; we sample
+        # through the inverse map, i.e. from the moved corners back to the true corners.
+        corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
+        corners = corners.expand(n, 4, 2)
+        persp_on = _bernoulli(n, _P_PERSP, g, device)[:, None, None]
+        inward = torch.rand(n, 4, 2, generator=g, device=device) * _DISTORTION * persp_on
+        moved = corners - corners.sign() * inward
+        persp = _perspective_homographies(moved, corners)
+        return affine @ persp  # (cutn, 3, 3)
+
+    def _colour_matrices(self, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Per-cutout 3x3 colour matrices (cutn, 3, 3): saturation about luma, then a hue rotation in YIQ."""
+        n = self.cutn
+        on = _bernoulli(n, _P_JITTER, g, device)
+        sat = 1 + _uniform(n, -_SATURATION, _SATURATION, g, device) * on
+        hue = _uniform(n, -_HUE, _HUE, g, device) * on * (2 * math.pi)
+        eye = torch.eye(3, device=device)
+        luma = torch.tensor(_LUMA, device=device).expand(3, 3)  # every row is the luma weights
+        saturation = sat[:, None, None] * eye + (1 - sat)[:, None, None] * luma  # (n, 3, 3)
+        yiq = torch.tensor(_RGB_TO_YIQ, device=device)
+        cos, sin, zeros, ones = hue.cos(), hue.sin(), torch.zeros(n, device=device), torch.ones(n, device=device)
+        rot = torch.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], -1).view(n, 3, 3)
+        return torch.linalg.inv(yiq) @ rot @ yiq @ saturation
+
+    def __call__(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Cutouts (cutn, 3, cut_size, cut_size) of image (1, 3, H, W)."""
+        _, _, side_y, side_x = image.shape
+        device, n, cut = image.device, self.cutn, self.cut_size
+        size, ox, oy = self.boxes(side_y, side_x, g, device)
+
+        # Crop as a map from cutout coordinates to picture coordinates (align_corners=False convention).
+        zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
+        crop = torch.stack(
+            [size / side_x, zeros, (2 * ox + size) / side_x - 1, zeros, size / side_y, (2 * oy + size) / side_y - 1]
+            + [zeros, zeros, ones],
+            -1,
+        ).view(n, 3, 3)
+        sampling = crop @ self._augment_homographies(g, device) if self.augment else crop  # (cutn, 3, 3)
+
+        # Supersample by k when the largest crop is bigger than the cutout, then average-pool back.
+        k = max(1, math.ceil(min(side_x, side_y) / cut))
+        m = cut * k
+        coords = (torch.arange(m, device=device, dtype=image.dtype) + 0.5) / m * 2 - 1  # pixel centres
+        gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+        base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, m * m, 3)  # (1, m*m, 3)
+        warped = base @ sampling.transpose(1, 2)  # (cutn, m*m, 3)
+        grid = (warped[..., :2] / warped[..., 2:]).view(n, m, m, 2)
+        cutouts = F.grid_sample(image.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if k > 1:
+            cutouts = F.avg_pool2d(cutouts, k)  # (cutn, 3, cut, cut)
+        if not self.augment:
+            return cutouts
+
+        # Sharpness: x + f * (x - smooth(x)), f ~ U(0, 0.3) with probability 0.4 (PIL's enhance by 1 + f).
+        f = _uniform(n, 0, _SHARPNESS, g, device) * _bernoulli(n, _P_SHARP, g, device)
+        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=device) / 13
+        smooth = F.conv2d(F.pad(cutouts, (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)
+        cutouts = cutouts + f[:, None, None, None] * (cutouts - smooth)
+        # Colour jitter as one matrix per cutout.
+        cutouts = torch.einsum("nij,njhw->nihw", self._colour_matrices(g, device), cutouts)
+        # Noise with a per-cutout strength.
+        facs = torch.rand(n, 1, 1, 1, generator=g, device=device) * self.noise_fac
+        return cutouts + facs * torch.randn(cutouts.shape, generator=g, device=device)
+
+
+# ------------------------------------------------------------------------------------------------
+# The painter: state of one picture being optimised
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after each iteration."""
+
+    iteration: int  # iterations completed so far (1..total)
+    total: int
+    loss: float  # total loss of this step
+    losses: list[float]  # one per prompt term: text prompts in order, then image prompts
+    its: float  # iterations per second, smoothed
+    elapsed: float  # seconds since the loop started
+    image: Callable[[], Image.Image]  # decodes this step's latent, only when the caller wants a frame
+    init_loss: float | None = None  # the init-image term, when init_weight is set
+
+
+@dataclass
+class GenerationResult:
+    image: Image.Image
+    seed: int
+    iterations: int  # iterations completed (fewer than asked when canceled)
+    canceled: bool
+    losses: list[float]  # per prompt term at the last step ([] when no step ran)
+    elapsed: float  # seconds in the loop
+    loss: float | None = None  # total loss at the last step
+
+
+def _to_tensor(image: Image.Image, width: int, height: int, device: torch.device) -> torch.Tensor:
+    """A PIL picture resized (Lanczos) to (1, 3, height, width) in [0, 1]."""
+    image = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    return data.permute(2, 0, 1)[None].float().div(255).to(device)
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] to an RGB picture."""
+    data = image[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu()
+    return Image.fromarray(data.numpy(), "RGB")
+
+
+def _clone_to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _clone_to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_clone_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def validate_config(config: GenerationConfig, factor: int = 16) -> list[PromptSpec]:
+    """Check a config before any work; returns the parsed text prompts. Raises ValueError with one clear line."""
+    specs = parse_prompts(config.prompts) if config.prompts.strip() or not config.image_prompts else []
+    for name, side in (("width", config.width), ("height", config.height)):
+        if side < factor or side % factor:
+            raise ValueError(f"{name} {side} must be a positive multiple of {factor}")
+    if config.iterations < 1:
+        raise ValueError(f"iterations must be at least 1, not {config.iterations}")
+    if config.cutn < 1:
+        raise ValueError(f"cutn must be at least 1, not {config.cutn}")
+    if config.cut_pow <= 0 or config.step_size <= 0:
+        raise ValueError("cut_pow and step_size must be positive")
+    if config.init_weight and config.init_image is None:
+        raise ValueError("init_weight needs an init_image")
+    if config.noise_init not in ("codes", "pixels"):
+        raise ValueError(f"noise_init must be 'codes' or 'pixels', not {config.noise_init!r}")
+    return specs
+
+
+class Painter:
+    """One picture being painted: the latent, its optimiser, the prompts' embeddings, the generator."""
+
+    def __init__(self, models: LoadedModels, config: GenerationConfig) -> None:
+        self.models, self.config = models, config
+        self.device = models.device
+        vqgan = models.vqgan
+        text_specs = validate_config(config, vqgan.factor)
+        self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.iteration = 0
+        self.make_cutouts = MakeCutouts(models.clip_size, config.cutn, config.cut_pow, config.augment, config.noise_fac)
+
+        codebook = vqgan.codebook  # (K, C)
+        # z is clamped per channel to the range the codebook spans, as in the notebook.
+        self.z_min = codebook.min(dim=0).values[None, :, None, None]  # (1, C, 1, 1)
+        self.z_max = codebook.max(dim=0).values[None, :, None, None]
+        toks_x, toks_y = config.width // vqgan.factor, config.height // vqgan.factor
+
+        with torch.no_grad():
+            # --- initial latent: an init picture's codes, or noise
+            if config.init_image is not None:
+                z = self._encode(_to_tensor(config.init_image, config.width, config.height, self.device))
+            elif config.noise_init == "pixels":
+                pixels = torch.rand(1, 3, config.height, config.width, generator=self.generator, device=self.device)
+                z = self._encode(pixels)
+            else:
+                idx = torch.randint(codebook.shape[0], (toks_y * toks_x,), generator=self.generator, device=self.device)
+                z = codebook[idx].view(1, toks_y, toks_x, -1).permute(0, 3, 1, 2)  # (1, C, toks_y, toks_x)
+            self.z_init = z.clone() if config.init_weight else None
+
+            # --- prompt embeddings: text rows, then CLIP embeddings of each image prompt's cutouts
+            embeds: list[torch.Tensor] = []
+            if text_specs:
+                import clip  # the tokenizer; imported here so that `import worker.engine` stays light
+
+                tokens = clip.tokenize(
+                    [s.text for s in text_specs], context_length=models.clip.context_length, truncate=True
+                ).to(self.device)
+                embeds.extend(models.clip.encode_text(tokens).float().split(1))  # P x (1, D)
+            for picture in config.image_prompts:
+                batch = self.make_cutouts(_to_tensor(picture, config.width, config.height, self.device), self.generator)
+                embeds.append(models.clip.encode_image(models.normalize(batch)).float())  # (cutn, D)
+        specs = text_specs + [PromptSpec(text=f"<image {i + 1}>") for i in range(len(config.image_prompts))]
+        self.prompts = PromptBank(embeds, specs)
+
+        self.z = z.detach().clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.z], lr=config.step_size)
+        self._start: float | None = None
+        self._ema_dt: float | None = None
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (1, 3, H, W) in [0, 1] to quantised latent codes (1, C, H/f, W/f)."""
+        vqgan = self.models.vqgan
+        h = vqgan.quant_conv(vqgan.encoder(pixels * 2 - 1))
+        return vector_quantize(h.movedim(1, 3), vqgan.codebook).movedim(3, 1)
+
+    def synth(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (1, C, h, w) to a picture (1, 3, 16h, 16w) in [0, 1], differentiable in z."""
+        vqgan = self.models.vqgan
+        z_q = vector_quantize(z.movedim(1, 3), vqgan.codebook).movedim(3, 1)  # straight-through
+        out = vqgan.decoder(vqgan.post_quant_conv(z_q))  # (1, 3, H, W) in about [-1, 1]
+        return clamp_with_grad(out.add(1).div(2), 0.0, 1.0)
+
+    def _decode(self, z: torch.Tensor) -> Image.Image:
+        with torch.no_grad():
+            return _to_pil(self.synth(z))
+
+    def image(self) -> Image.Image:
+        """The current picture."""
+        return self._decode(self.z.detach())
+
+    def step(self) -> StepInfo:
+        """One optimisation step; returns its losses (the one CPU-GPU sync) and a lazy picture."""
+        started = time.perf_counter()
+        if self._start is None:
+            self._start = started
+        models = self.models
+
+        # --- forward: latent -> picture -> cutouts -> CLIP embeddings
+        out = self.synth(self.z)  # (1, 3, H, W)
+        cutouts = self.make_cutouts(out, self.generator)  # (cutn, 3, S, S)
+        image_embeds = models.clip.encode_image(models.normalize(cutouts)).float()  # (cutn, D)
+
+        # --- losses: one term per prompt, plus the pull towards the init picture's latent
+        terms = self.prompts.losses(image_embeds)  # (P,)
+        total = terms.sum()
+        init_term = None
+        if self.z_init is not None:
+            init_term = F.mse_loss(self.z, self.z_init) * self.config.init_weight / 2
+            total = total + init_term
+
+        # --- optimise, then keep z inside the codebook's range
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))
+        self.iteration += 1
+
+        # --- readout. SYNC POINT: the only host-device transfer of the step.
+        readout = [total.detach()[None], terms.detach()] + ([init_term.detach()[None]] if init_term is not None else [])
+        values = torch.cat(readout).tolist()
+        now = time.perf_counter()
+        dt = now - started
+        self._ema_dt = dt if self._ema_dt is None else 0.8 * self._ema_dt + 0.2 * dt
+        z_now = self.z.detach().clone()  # so that info.image() shows this step even if called later
+        return StepInfo(
+            iteration=self.iteration,
+            total=self.config.iterations,
+            loss=values[0],
+            losses=values[1 : 1 + terms.shape[0]],
+            its=1.0 / self._ema_dt if self._ema_dt > 0 else float("inf"),
+            elapsed=now - self._start,
+            image=lambda: self._decode(z_now),
+            init_loss=values[-1] if init_term is not None else None,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly (on the same device): latent, Adam, iteration, RNG."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "iteration": self.iteration,
+            "z": self.z.detach().to("cpu", copy=True),
+            "optimizer": _clone_to_cpu(self.optimizer.state_dict()),
+            "generator": self.generator.get_state().clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()` of a Painter built with the same models and config."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported painter state version {state.get('version')!r}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"state was made with seed {state['seed']}, this painter has seed {self.seed}")
+        if tuple(state["z"].shape) != tuple(self.z.shape):
+            raise ValueError(f"state latent {tuple(state['z'].shape)} does not fit {tuple(self.z.shape)}")
+        with torch.no_grad():
+            self.z.copy_(state["z"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.iteration = int(state["iteration"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def generate(
+    models: LoadedModels,
+    config: GenerationConfig,
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> GenerationResult:
+    """Paint one picture; `should_cancel()` is checked before every iteration."""
+    painter = Painter(models, config)
+    if resume_state is not None:
+        painter.load_state_dict(resume_state)
+    started = time.perf_counter()
+    last: StepInfo | None = None
+    canceled = False
+    while painter.iteration < config.iterations:
+        if should_cancel is not None and should_cancel():
+            canceled = True
+            break
+        last = painter.step()
+        if on_step is not None:
+            on_step(last)
+    return GenerationResult(
+        image=painter.image(),
+        seed=painter.seed,
+        iterations=painter.iteration,
+        canceled=canceled,
+        losses=last.losses if last else [],
+        elapsed=time.perf_counter() - started,
+        loss=last.loss if last else None,
+    )
+
+
+def png_bytes(image: Image.Image, metadata: dict[str, str] | None = None) -> bytes:
+    """The picture as PNG with `metadata` as tEXt chunks (deterministic: no timestamps)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, str(value))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
