@@ -126,7 +126,9 @@ class PromptBank:
         device = embeds[0].device
         rows = [e.shape[0] for e in embeds]
         self.embeds = torch.cat(embeds).float()  # (E, D)
-        owner = torch.repeat_interleave(torch.arange(len(specs), device=device), torch.tensor(rows, device=device))
+        owner = torch.repeat_interleave(
+            torch.arange(len(specs), device=device), torch.tensor(rows, device=device)
+        )
         self.weights = torch.tensor([s.weight for s in specs], device=device)[owner]  # (E,)
         self.stops = torch.tensor([s.stop for s in specs], device=device)[owner]  # (E,)
         # (E, P): averages the rows that belong to each prompt.
@@ -182,7 +184,9 @@ class MakeCutouts:
     Geometric warps sample the whole picture around the crop (kornia pads the crop's border instead).
     """
 
-    def __init__(self, cut_size: int, cutn: int, cut_pow: float = 1.0, augment: bool = True, noise_fac: float = 0.1):
+    def __init__(
+        self, cut_size: int, cutn: int, cut_pow: float = 1.0, augment: bool = True, noise_fac: float = 0.1
+    ):
         self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow
         self.augment, self.noise_fac = augment, noise_fac
 
@@ -206,8 +210,15 @@ class MakeCutouts:
         angle = _uniform(n, -_DEGREES, _DEGREES, g, device) * (math.pi / 180) * on
         tx = _uniform(n, -2 * _TRANSLATE, 2 * _TRANSLATE, g, device) * on  # fraction of size -> [-1, 1] units
         ty = _uniform(n, -2 * _TRANSLATE, 2 * _TRANSLATE, g, device) * on
-        cos, sin, zeros, ones = angle.cos(), angle.sin(), torch.zeros(n, device=device), torch.ones(n, device=device)
-        affine = torch.stack([cos * flip, -sin, tx, sin * flip, cos, ty, zeros, zeros, ones], -1).view(n, 3, 3)
+        cos, sin, zeros, ones = (
+            angle.cos(),
+            angle.sin(),
+            torch.zeros(n, device=device),
+            torch.ones(n, device=device),
+        )
+        affine = torch.stack([cos * flip, -sin, tx, sin * flip, cos, ty, zeros, zeros, ones], -1).view(
+            n, 3, 3
+        )
         # Perspective: the picture's corners move inward by up to DISTORTION of the half size; we sample
         # through the inverse map, i.e. from the moved corners back to the true corners.
         corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
@@ -228,7 +239,12 @@ class MakeCutouts:
         luma = torch.tensor(_LUMA, device=device).expand(3, 3)  # every row is the luma weights
         saturation = sat[:, None, None] * eye + (1 - sat)[:, None, None] * luma  # (n, 3, 3)
         yiq = torch.tensor(_RGB_TO_YIQ, device=device)
-        cos, sin, zeros, ones = hue.cos(), hue.sin(), torch.zeros(n, device=device), torch.ones(n, device=device)
+        cos, sin, zeros, ones = (
+            hue.cos(),
+            hue.sin(),
+            torch.zeros(n, device=device),
+            torch.ones(n, device=device),
+        )
         rot = torch.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], -1).view(n, 3, 3)
         return torch.linalg.inv(yiq) @ rot @ yiq @ saturation
 
@@ -240,11 +256,9 @@ class MakeCutouts:
 
         # Crop as a map from cutout coordinates to picture coordinates (align_corners=False convention).
         zeros, ones = torch.zeros(n, device=device), torch.ones(n, device=device)
-        crop = torch.stack(
-            [size / side_x, zeros, (2 * ox + size) / side_x - 1, zeros, size / side_y, (2 * oy + size) / side_y - 1]
-            + [zeros, zeros, ones],
-            -1,
-        ).view(n, 3, 3)
+        cx, cy = (2 * ox + size) / side_x - 1, (2 * oy + size) / side_y - 1  # crop centres in [-1, 1]
+        crop_rows = [size / side_x, zeros, cx, zeros, size / side_y, cy, zeros, zeros, ones]
+        crop = torch.stack(crop_rows, -1).view(n, 3, 3)
         sampling = crop @ self._augment_homographies(g, device) if self.augment else crop  # (cutn, 3, 3)
 
         # Supersample by k when the largest crop is bigger than the cutout, then average-pool back.
@@ -255,7 +269,9 @@ class MakeCutouts:
         base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, m * m, 3)  # (1, m*m, 3)
         warped = base @ sampling.transpose(1, 2)  # (cutn, m*m, 3)
         grid = (warped[..., :2] / warped[..., 2:]).view(n, m, m, 2)
-        cutouts = F.grid_sample(image.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        cutouts = F.grid_sample(
+            image.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
         if k > 1:
             cutouts = F.avg_pool2d(cutouts, k)  # (cutn, 3, cut, cut)
         if not self.augment:
@@ -327,7 +343,7 @@ def _clone_to_cpu(obj: Any) -> Any:
 
 
 def validate_config(config: GenerationConfig, factor: int = 16) -> list[PromptSpec]:
-    """Check a config before any work; returns the parsed text prompts. Raises ValueError with one clear line."""
+    """Check a config before any work; returns the parsed text prompts. Raises ValueError (one line)."""
     specs = parse_prompts(config.prompts) if config.prompts.strip() or not config.image_prompts else []
     for name, side in (("width", config.width), ("height", config.height)):
         if side < factor or side % factor:
@@ -356,7 +372,9 @@ class Painter:
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.iteration = 0
-        self.make_cutouts = MakeCutouts(models.clip_size, config.cutn, config.cut_pow, config.augment, config.noise_fac)
+        self.make_cutouts = MakeCutouts(
+            models.clip_size, config.cutn, config.cut_pow, config.augment, config.noise_fac
+        )
 
         codebook = vqgan.codebook  # (K, C)
         # z is clamped per channel to the range the codebook spans, as in the notebook.
@@ -369,10 +387,14 @@ class Painter:
             if config.init_image is not None:
                 z = self._encode(_to_tensor(config.init_image, config.width, config.height, self.device))
             elif config.noise_init == "pixels":
-                pixels = torch.rand(1, 3, config.height, config.width, generator=self.generator, device=self.device)
+                pixels = torch.rand(
+                    1, 3, config.height, config.width, generator=self.generator, device=self.device
+                )
                 z = self._encode(pixels)
             else:
-                idx = torch.randint(codebook.shape[0], (toks_y * toks_x,), generator=self.generator, device=self.device)
+                idx = torch.randint(
+                    codebook.shape[0], (toks_y * toks_x,), generator=self.generator, device=self.device
+                )
                 z = codebook[idx].view(1, toks_y, toks_x, -1).permute(0, 3, 1, 2)  # (1, C, toks_y, toks_x)
             self.z_init = z.clone() if config.init_weight else None
 
@@ -386,7 +408,9 @@ class Painter:
                 ).to(self.device)
                 embeds.extend(models.clip.encode_text(tokens).float().split(1))  # P x (1, D)
             for picture in config.image_prompts:
-                batch = self.make_cutouts(_to_tensor(picture, config.width, config.height, self.device), self.generator)
+                batch = self.make_cutouts(
+                    _to_tensor(picture, config.width, config.height, self.device), self.generator
+                )
                 embeds.append(models.clip.encode_image(models.normalize(batch)).float())  # (cutn, D)
         specs = text_specs + [PromptSpec(text=f"<image {i + 1}>") for i in range(len(config.image_prompts))]
         self.prompts = PromptBank(embeds, specs)
@@ -446,7 +470,9 @@ class Painter:
         self.iteration += 1
 
         # --- readout. SYNC POINT: the only host-device transfer of the step.
-        readout = [total.detach()[None], terms.detach()] + ([init_term.detach()[None]] if init_term is not None else [])
+        readout = [total.detach()[None], terms.detach()] + (
+            [init_term.detach()[None]] if init_term is not None else []
+        )
         values = torch.cat(readout).tolist()
         now = time.perf_counter()
         dt = now - started

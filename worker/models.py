@@ -31,7 +31,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_SEED = 1234
 # What torch.load raises for refused globals, truncated or corrupt files.
-_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError)
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    AttributeError,
+    TypeError,
+)
 _VQGAN_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.embedding.weight")
 
 
@@ -92,20 +100,27 @@ class Preset:
     bundled_dir: Path | None = None  # set: files ship in this folder of the package, not in models_dir
 
     def files(self) -> list[WeightFile]:
-        return [f for f in (self.vqgan.config_file, self.vqgan.checkpoint, self.clip.checkpoint) if f is not None]
+        return [
+            f for f in (self.vqgan.config_file, self.vqgan.checkpoint, self.clip.checkpoint) if f is not None
+        ]
 
     def weights_dir(self, models_dir: Path) -> Path:
         return self.bundled_dir if self.bundled_dir is not None else Path(models_dir) / self.name
 
 
-def _ddconfig(ch: int, z_channels: int, ch_mult: list[int], num_res_blocks: int, attn: list[int], res: int) -> dict:
+def _ddconfig(
+    ch: int, z_channels: int, ch_mult: list[int], num_res_blocks: int, attn: list[int], res: int
+) -> dict:
     return {
         "double_z": False, "z_channels": z_channels, "resolution": res, "in_channels": 3, "out_ch": 3,
-        "ch": ch, "ch_mult": ch_mult, "num_res_blocks": num_res_blocks, "attn_resolutions": attn, "dropout": 0.0,
+        "ch": ch, "ch_mult": ch_mult, "num_res_blocks": num_res_blocks, "attn_resolutions": attn,
+        "dropout": 0.0,
     }  # fmt: skip
 
 
-def _clip_config(embed_dim: int, image: int, v_layers: int, v_width: int, patch: int, width: int, layers: int) -> dict:
+def _clip_config(
+    embed_dim: int, image: int, v_layers: int, v_width: int, patch: int, width: int, layers: int
+) -> dict:
     # heads = width // 64, as clip.model.build_model infers them, so a saved state dict rebuilds identically.
     return {
         "embed_dim": embed_dim, "image_resolution": image, "vision_layers": v_layers, "vision_width": v_width,
@@ -114,7 +129,11 @@ def _clip_config(embed_dim: int, image: int, v_layers: int, v_width: int, patch:
     }  # fmt: skip
 
 
-_F16_16384 = {"embed_dim": 256, "n_embed": 16384, "ddconfig": _ddconfig(128, 256, [1, 1, 2, 2, 4], 2, [16], 256)}
+_F16_16384 = {
+    "embed_dim": 256,
+    "n_embed": 16384,
+    "ddconfig": _ddconfig(128, 256, [1, 1, 2, 2, 4], 2, [16], 256),
+}
 _VIT_B32 = ClipSpec(
     variant="ViT-B/32",
     config=_clip_config(512, 224, 12, 768, 32, 512, 12),
@@ -158,10 +177,12 @@ register_preset(
         vqgan=VqganSpec(
             config=_F16_16384,
             checkpoint=WeightFile(
-                "wikiart_f16_16384.ckpt", "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.ckpt"
+                "wikiart_f16_16384.ckpt",
+                "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.ckpt",
             ),
             config_file=WeightFile(
-                "wikiart_f16_16384.yaml", "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.yaml"
+                "wikiart_f16_16384.yaml",
+                "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.yaml",
             ),
         ),
         clip=_VIT_B32,
@@ -172,7 +193,11 @@ register_preset(
         name="tiny",
         description="small random networks from a fixed seed: fast tests and CI, no files",
         vqgan=VqganSpec(
-            config={"embed_dim": 32, "n_embed": 512, "ddconfig": _ddconfig(32, 32, [1, 1, 2, 2, 4], 1, [], 64)}
+            config={
+                "embed_dim": 32,
+                "n_embed": 512,
+                "ddconfig": _ddconfig(32, 32, [1, 1, 2, 2, 4], 1, [], 64),
+            }
         ),
         clip=ClipSpec(variant="tiny-vit", config=_clip_config(64, 64, 2, 64, 16, 64, 2)),
         note="untrained demo model: pictures ignore the prompt and are not art",
@@ -277,13 +302,15 @@ def _finish(name: str, vqgan: VQGAN, clip_model: nn.Module, device: torch.device
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available else cpu; "cuda" without CUDA is an error, never a silent cpu."""
+    """ "auto" -> cuda when available else cpu; "cuda" without CUDA is an error, never a silent cpu."""
     device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
+            raise RuntimeError(
+                "device 'cuda' requested but CUDA is not available here; use --device cpu or auto"
+            )
         return torch.device(device)
     if device == "cpu":
         return torch.device("cpu")
@@ -326,14 +353,14 @@ def _expected_sha(spec: WeightFile, path: Path) -> str | None:
 
 
 def verify_file(spec: WeightFile, path: Path) -> bool:
-    """True when the file matches its pinned (or recorded) SHA-256, False when none is known; raises on mismatch."""
+    """True: matches its pinned (or recorded) SHA-256; False: no hash known. Raises on mismatch."""
     expected = _expected_sha(spec, path)
     if expected is None:
         return False
     actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatch(
-            f"{path} has SHA-256 {actual}, expected {expected}: the file is corrupt or not the published one; "
+            f"{path} has SHA-256 {actual}, expected {expected}: corrupt or not the published file; "
             f"delete it and run `artgen models pull`"
         )
     return True
@@ -346,6 +373,11 @@ def weights_present(name: str, models_dir: Path) -> bool:
     return all((folder / f.filename).is_file() for f in preset.files())
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _torch_load(path: Path, verified: bool) -> Any:
     """torch.load with weights_only=True first. Lightning checkpoints may pickle trainer objects that the
     safe loader refuses; only for a file whose SHA-256 matched the published (or pull-recorded) value do
@@ -356,8 +388,7 @@ def _torch_load(path: Path, verified: bool) -> Any:
         if not verified:
             raise ModelLoadError(
                 f"{path} cannot be read with torch.load(weights_only=True) ({type(safe_error).__name__}: "
-                f"{str(safe_error).splitlines()[0] if str(safe_error) else ''}) and its checksum is not verified, "
-                f"so it is not unpickled"
+                f"{_first_line(safe_error)}) and its checksum is not verified, so it is not unpickled"
             ) from safe_error
         log.warning("%s holds non-tensor objects; unpickling it fully because its SHA-256 is verified", path)
         try:
@@ -385,9 +416,15 @@ def read_vqgan_yaml(path: Path) -> dict[str, Any]:
 
     try:
         params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)["model"]["params"]
-        return {"embed_dim": params["embed_dim"], "n_embed": params["n_embed"], "ddconfig": params["ddconfig"]}
+        return {
+            "embed_dim": params["embed_dim"],
+            "n_embed": params["n_embed"],
+            "ddconfig": params["ddconfig"],
+        }
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelLoadError(f"{path} is not a taming VQGAN config (model.params.ddconfig): {error}") from error
+        raise ModelLoadError(
+            f"{path} is not a taming VQGAN config (model.params.ddconfig): {error}"
+        ) from error
 
 
 def load_vqgan(config: Mapping[str, Any], path: Path, verified: bool = False) -> VQGAN:
@@ -433,7 +470,9 @@ def load_clip(path: Path, verified: bool = False, expected: Mapping[str, Any] | 
         got = (model.visual.input_resolution, model.text_projection.shape[1], model.context_length)
         want = (expected["image_resolution"], expected["embed_dim"], expected["context_length"])
         if got != want:
-            raise ModelLoadError(f"{path} is a CLIP with (input, embed, context) {got}, the preset expects {want}")
+            raise ModelLoadError(
+                f"{path} is a CLIP with (input, embed, context) {got}, the preset expects {want}"
+            )
     return model
 
 
@@ -451,7 +490,9 @@ def load_models(name: str, models_dir: Path, device: str | torch.device = "auto"
             if preset.bundled_dir is None
             else "they ship with the package: reinstall it"
         )
-        raise ModelsMissing(f"weights for model {name!r} are missing in {folder} ({', '.join(missing)}): {how}")
+        raise ModelsMissing(
+            f"weights for model {name!r} are missing in {folder} ({', '.join(missing)}): {how}"
+        )
     verified = {f.filename: verify_file(f, folder / f.filename) for f in preset.files()}
 
     vq = preset.vqgan
@@ -459,7 +500,9 @@ def load_models(name: str, models_dir: Path, device: str | torch.device = "auto"
     assert vq.checkpoint is not None and preset.clip.checkpoint is not None  # a file preset names both
     vqgan = load_vqgan(config, folder / vq.checkpoint.filename, verified[vq.checkpoint.filename])
     clip_model = load_clip(
-        folder / preset.clip.checkpoint.filename, verified[preset.clip.checkpoint.filename], preset.clip.config
+        folder / preset.clip.checkpoint.filename,
+        verified[preset.clip.checkpoint.filename],
+        preset.clip.config,
     )
     log.info("loaded model %s on %s", name, torch_device)
     return _finish(name, vqgan, clip_model, torch_device)
@@ -505,7 +548,14 @@ def _download(url: str, dest: Path, expected: str | None, progress: bool) -> Non
 
             with (
                 open(part, "ab" if offset else "wb") as out,
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=not progress,
+                ) as bar,
             ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
@@ -513,7 +563,9 @@ def _download(url: str, dest: Path, expected: str | None, progress: bool) -> Non
     actual = sha256_file(part)
     if expected is not None and actual != expected:
         part.unlink()
-        raise ChecksumMismatch(f"{url} downloaded with SHA-256 {actual}, expected {expected}; the file was deleted")
+        raise ChecksumMismatch(
+            f"{url} downloaded with SHA-256 {actual}, expected {expected}; the file was deleted"
+        )
     part.replace(dest)
     if expected is None:
         _recorded_sha(dest).write_text(f"{actual}  {dest.name}\n")
@@ -521,7 +573,7 @@ def _download(url: str, dest: Path, expected: str | None, progress: bool) -> Non
 
 
 def pull(name: str, models_dir: Path, progress: bool = True) -> list[Path]:
-    """Download a preset's files into models_dir/<name>/ (resumable, SHA-256 verified); returns their paths."""
+    """Download a preset's files into models_dir/<name>/ (resumable, SHA-256 checked); returns the paths."""
     preset = get_preset(name)
     if preset.random_seed is not None or preset.bundled_dir is not None:
         return []  # nothing to download: built from a seed, or shipped with the package
