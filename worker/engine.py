@@ -401,11 +401,15 @@ class Painter:
             # --- prompt embeddings: text rows, then CLIP embeddings of each image prompt's cutouts
             embeds: list[torch.Tensor] = []
             if text_specs:
-                import clip  # the tokenizer; imported here so that `import worker.engine` stays light
+                from worker.models import import_clip  # the tokenizer; keeps `import worker.engine` light
 
-                tokens = clip.tokenize(
-                    [s.text for s in text_specs], context_length=models.clip.context_length, truncate=True
-                ).to(self.device)
+                tokens = (
+                    import_clip()
+                    .tokenize(
+                        [s.text for s in text_specs], context_length=models.clip.context_length, truncate=True
+                    )
+                    .to(self.device)
+                )
                 embeds.extend(models.clip.encode_text(tokens).float().split(1))  # P x (1, D)
             for picture in config.image_prompts:
                 batch = self.make_cutouts(

@@ -16,6 +16,7 @@ import pickle
 import threading
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -251,10 +252,18 @@ def build_vqgan(config: Mapping[str, Any]) -> VQGAN:
         return VQGAN(dict(config["ddconfig"]), int(config["n_embed"]), int(config["embed_dim"]))
 
 
-def build_clip(config: Mapping[str, Any]) -> nn.Module:
-    import clip.model
+def import_clip() -> Any:
+    """The `clip` package, without its pkg_resources deprecation warning on every CLI run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import clip
+        import clip.model
 
-    return clip.model.CLIP(**config)
+    return clip
+
+
+def build_clip(config: Mapping[str, Any]) -> nn.Module:
+    return import_clip().model.CLIP(**config)
 
 
 class Normalize(nn.Module):
@@ -452,8 +461,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_clip(path: Path, verified: bool = False, expected: Mapping[str, Any] | None = None) -> nn.Module:
     """CLIP from a TorchScript archive (as OpenAI ships it), a state dict, or safetensors."""
-    import clip.model
-
+    clip = import_clip()
     if _is_torchscript(path):
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()  # no pickle: TorchScript
