@@ -150,7 +150,8 @@ class ProgressReporter:
         fields = {"iteration": info.iteration, "loss": f"{info.loss:.6g}", "its": f"{info.its:.4g}"}
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(keys.job(job_id), mapping=fields)
-        publish_event(pipe, keys, job_id, EventType.PROGRESS, {**fields, "iterations": info.total})
+        event = {"iteration": info.iteration, "iterations": info.total, "loss": info.loss, "its": info.its}
+        publish_event(pipe, keys, job_id, EventType.PROGRESS, event)
         pipe.exists(keys.cancel(job_id))
         pipe.exists(keys.shutdown(self._worker))
         *_, cancel, shutdown = pipe.execute()
