@@ -118,8 +118,9 @@ def spherical_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class PromptBank:
     """All prompt embeddings at once: text prompts one row each, image prompts one row per cutout.
 
-    The loss of prompt p is |w_p| * mean over cutouts and its rows of max(sign(w_p) * dist, stop_p) in
-    the forward pass, with the gradient of sign(w_p) * dist (Crowson's `Prompt`, batched).
+    The loss of prompt p is |w_p| * mean over cutouts and its rows of sign(w_p) * dist; its gradient
+    flows through max(sign(w_p) * dist, stop_p), so it stops where the distance is below `stop`
+    (Crowson's `Prompt`, batched).
     """
 
     def __init__(self, embeds: list[torch.Tensor], specs: list[PromptSpec]) -> None:
