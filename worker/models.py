@@ -471,7 +471,14 @@ def load_clip(path: Path, verified: bool = False, expected: Mapping[str, Any] | 
         state = _read_state_dict(path, verified)
     try:
         with torch.random.fork_rng(devices=[]):
+            # build_model infers the architecture but rounds weights through fp16; reload them exactly.
+            state = {
+                k: v
+                for k, v in state.items()
+                if k not in ("input_resolution", "context_length", "vocab_size")
+            }
             model = clip.model.build_model(dict(state)).float()
+            model.load_state_dict(state)
     except (KeyError, RuntimeError, AttributeError) as error:
         raise ModelLoadError(f"{path} is not a CLIP checkpoint: {error}") from error
     if expected is not None:
