@@ -1,0 +1,106 @@
+"""`artgen generate` and `artgen models` through click's runner, and one real subprocess run twice."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from shared.cli import cli
+from shared.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTGEN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ARTGEN_DEVICE", "cpu")
+    monkeypatch.setenv("ARTGEN_MAX_SIZE", "128")
+    monkeypatch.setenv("ARTGEN_DEFAULT_SIZE", "64")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def _run(*args: str) -> object:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_generate_writes_png_with_metadata(tmp_path: Path) -> None:
+    out = tmp_path / "fox.png"
+    frames = tmp_path / "frames"
+    result = _run(
+        "generate", "a red fox:1|a dog:-0.3", "--model", "tiny", "--size", "48x32", "--iterations", "2",
+        "--cutn", "4", "--seed", "3", "--preview-every", "1", "--frames-dir", str(frames), "-o", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.size == (48, 32)
+        assert image.text == {
+            "prompt": "a red fox:1|a dog:-0.3", "seed": "3", "model": "tiny", "iterations": "2",
+            "size": "48x32",
+        }  # fmt: skip
+    assert sorted(p.name for p in frames.iterdir()) == ["frame_00001.png", "frame_00002.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "50x64"], "multiple of 16"),
+        (["--size", "256x256"], "at most 128"),
+        (["--size", "big"], "WIDTHxHEIGHT"),
+        (["--iterations", "0"], "at least 1"),
+        (["--init-image", "{bad}"], "not a readable image"),
+        (["--init-image", "{missing}"], "no such file"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "imagenet-16384"], "artgen models pull imagenet-16384"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "bad.png").write_text("not a picture")
+    args = [a.format(bad=tmp_path / "bad.png", missing=tmp_path / "missing.png") for a in args]
+    result = _run(
+        "generate", "a fox", "--model", "tiny", "--iterations", "1", *args, "-o", str(tmp_path / "o.png")
+    )
+    assert result.exit_code != 0
+    assert result.output.strip().count("\n") == 0, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_malformed_prompt_weight_is_refused(tmp_path: Path) -> None:
+    result = _run("generate", "a fox:1:2:3x|", "--model", "tiny", "-o", str(tmp_path / "o.png"))
+    assert result.exit_code == 2 and result.output.startswith("Error: PROMPT:")
+
+
+def test_models_list_shows_presence(tmp_path: Path) -> None:
+    result = _run("models", "list")
+    assert result.exit_code == 0
+    assert "tiny" in result.output and "built-in" in result.output
+    assert "missing: run `artgen models pull imagenet-16384`" in result.output
+
+
+def test_models_pull_of_a_builtin_has_nothing_to_do() -> None:
+    result = _run("models", "pull", "tiny")
+    assert result.exit_code == 0 and "nothing to download" in result.output
+
+
+@pytest.mark.slow
+def test_real_subprocess_is_byte_identical_for_a_seed(tmp_path: Path) -> None:
+    artgen = Path(sys.executable).parent / "artgen"
+    outputs = []
+    for name in ("x.png", "y.png"):
+        command = [str(artgen), "generate", "flowering magenta orchids", "--model", "tiny", "--size", "64x64"]
+        command += ["--iterations", "10", "--seed", "7", "-o", name]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]
+    with Image.open(io.BytesIO(outputs[0])) as image:
+        assert image.size == (64, 64) and image.text["seed"] == "7"
