@@ -1,0 +1,40 @@
+"""The `text:weight:stop|...` prompt syntax."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shared.prompts import PromptSpec, PromptSyntaxError, parse_prompts
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a red fox", [PromptSpec("a red fox", 1.0, -math.inf)]),
+        ("a red fox:2", [PromptSpec("a red fox", 2.0, -math.inf)]),
+        ("a red fox:0.5:-0.1", [PromptSpec("a red fox", 0.5, -0.1)]),
+        ("fox:1|dog:-0.5", [PromptSpec("fox", 1.0), PromptSpec("dog", -0.5)]),
+        ("poster: a red fox", [PromptSpec("poster: a red fox", 1.0)]),
+        (" fox : 1.5e0 ", [PromptSpec("fox", 1.5)]),
+    ],
+)
+def test_parse(prompt: str, expected: list[PromptSpec]) -> None:
+    assert parse_prompts(prompt) == expected
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("", "empty"),
+        ("fox||dog", "piece 2 is empty"),
+        ("fox:0", "weight 0"),
+        (":1", "no text"),
+        ("fox:-1", "negative weight"),
+        ("fox:1.2.3", "malformed weight"),
+    ],
+)
+def test_refused(prompt: str, message: str) -> None:
+    with pytest.raises(PromptSyntaxError, match=message):
+        parse_prompts(prompt)
