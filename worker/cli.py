@@ -54,15 +54,9 @@ def _open_image(path: Path, option: str) -> Image.Image:
 
 
 def _default_model(models_dir: Path) -> str:
-    """Settings' model, else imagenet-16384 when its weights are present, else the offline demo."""
-    from worker.models import PRESETS, weights_present
+    from worker.models import default_model
 
-    settings = get_settings()
-    if settings.model:
-        return settings.model
-    if weights_present("imagenet-16384", models_dir):
-        return "imagenet-16384"
-    return "toyworld" if "toyworld" in PRESETS else "tiny"
+    return default_model(get_settings().model, models_dir)
 
 
 @click.command()

@@ -342,6 +342,20 @@ def build_random(name: str, device: str | torch.device = "cpu", seed: int = 0) -
 # ------------------------------------------------------------------------------------------------
 
 
+# Presets tried, best first, when no model is configured (`artgen up`, `artgen generate`).
+_DEFAULT_PREFERENCE = ("imagenet-16384", "toyworld", "tiny")
+
+
+def default_model(configured: str | None, models_dir: Path) -> str:
+    """The configured model, else the best preset whose weights are here (`tiny` needs none)."""
+    if configured:
+        return configured
+    for name in _DEFAULT_PREFERENCE:
+        if name in PRESETS and weights_present(name, models_dir):
+            return name
+    raise ModelsMissing("no usable model preset; run `artgen models pull imagenet-16384`")
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

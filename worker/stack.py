@@ -14,22 +14,7 @@ import httpx
 
 from shared.jobs import MODEL_NOTES
 from shared.redis_server import RedisServer
-from shared.settings import Settings, get_settings
-
-# Models tried, best first, when ARTGEN_MODEL is not set.
-_LOCAL_PREFERENCE = ("imagenet-16384", "toyworld", "tiny")
-
-
-def choose_local_model(settings: Settings) -> str:
-    """ARTGEN_MODEL when set; else the best preset whose weights are here (`tiny` needs none)."""
-    if settings.model:
-        return settings.model
-    from worker.models import PRESETS, weights_present
-
-    for name in _LOCAL_PREFERENCE:
-        if name in PRESETS and weights_present(name, settings.models_dir):
-            return name
-    raise click.ClickException("no model preset is usable; this is a bug: `tiny` needs no weights")
+from shared.settings import get_settings
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -85,7 +70,9 @@ def up(host: str | None, port: int | None, model: str | None, data_dir: Path) ->
             os.environ[variable] = str(value)
     get_settings.cache_clear()
     settings = get_settings()
-    chosen = choose_local_model(settings)
+    from worker.models import default_model
+
+    chosen = default_model(settings.model, settings.models_dir)
 
     redis_server: RedisServer | None = None
     if "ARTGEN_REDIS_URL" in os.environ:
