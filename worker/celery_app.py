@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 WORKER_HEARTBEAT_S = 10.0
 
 
+def resilient_redis(url: str) -> Any:
+    """A Redis client whose commands retry with backoff for about half a minute before failing."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=10,
+        socket_keepalive=True,
+        socket_timeout=30,
+    )
+
+
 def served_models(settings: Settings) -> list[str]:
     """The models this worker takes jobs for; refusing to guess when none is configured."""
     models = settings.worker_models or ([settings.model] if settings.model else [])
@@ -68,9 +84,7 @@ class _Heartbeat:
         return self._name
 
     def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self._settings.redis_url, socket_timeout=5)
+        return resilient_redis(self._settings.redis_url)
 
     def _run(self) -> None:
         client = self.client()
@@ -87,7 +101,8 @@ class _Heartbeat:
                 client.hset(key, self._name, value)
             except Exception as exc:  # Redis away: keep trying; the worker itself reconnects too
                 log.warning("worker heartbeat failed: %s", exc)
-            self._stop.wait(WORKER_HEARTBEAT_S)
+            # Reaping runs as often as a dead worker's lock can expire, at least every heartbeat.
+            self._stop.wait(min(WORKER_HEARTBEAT_S, self._settings.lock_ttl_s / 2))
 
 
 def reap_orphans(client: Any, settings: Settings, requeue: Callable[[str, str], None]) -> list[str]:

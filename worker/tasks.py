@@ -10,7 +10,7 @@ import redis
 
 from shared.jobs import TASK_GENERATE
 from shared.settings import get_settings
-from worker.celery_app import app, served_models
+from worker.celery_app import app, resilient_redis, served_models
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,8 @@ log = logging.getLogger(__name__)
 
 @lru_cache
 def _redis() -> redis.Redis:
-    # One pool per worker process; health checks and retries ride out a Redis restart.
-    settings = get_settings()
-    return redis.Redis.from_url(
-        settings.redis_url, health_check_interval=10, retry_on_timeout=True, socket_keepalive=True
-    )
+    """One connection pool per worker process, retrying long enough to ride out a Redis restart."""
+    return resilient_redis(get_settings().redis_url)
 
 
 @app.task(name=TASK_GENERATE, bind=True)

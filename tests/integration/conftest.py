@@ -1,7 +1,7 @@
 """The real stack for integration tests: a redis-server, Celery worker processes, the API over HTTP.
 
-One Redis, one worker process (two pool slots) and one API serve the whole session, as in Celery's own
-integration suite; tests that kill or restart parts start their own with the factories below.
+One `Stack` (one Redis, one worker process with two pool slots, one API) serves the whole session, as
+in Celery's own integration suite. Tests that kill or restart parts build a `Stack` of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,17 +22,34 @@ import redis
 
 from shared.redis_server import RedisServer, free_port
 
-pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.integration)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
 class Proc:
-    """A child process of the stack, with its log file for failure messages."""
+    """A child process of the stack (`artgen ...`), with its log file for failure messages."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args],
             env=env,
@@ -67,105 +85,57 @@ class Proc:
         self._log.close()
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05
-) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+class Stack:
+    """A private redis-server plus the worker and API processes started against it."""
 
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for every process of the test stack: settings by ARTGEN_* variables only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")}
-    env.update(
-        {
-            "ARTGEN_REDIS_URL": redis_server.url,
-            "ARTGEN_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
-            "ARTGEN_MODEL": "tiny",
-            "ARTGEN_DEVICE": "cpu",
-            "ARTGEN_MODELS_DIR": str(tmp_path_factory.mktemp("models")),
-            "ARTGEN_RESULTS_DIR": str(tmp_path_factory.mktemp("results")),
-            "ARTGEN_PREVIEW_EVERY": "2",
-            "ARTGEN_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-            # Two pool processes on two cores: keep torch from oversubscribing them.
-            "OMP_NUM_THREADS": "1",
-        }
-    )
-    return env
-
-
-@pytest.fixture(scope="session")
-def redis_client(redis_server: RedisServer) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
-
-
-@pytest.fixture(scope="session")
-def start_worker(
-    stack_env: dict[str, str], redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Proc]]:
-    """Factory: start an `artgen worker` and wait until it announces itself in Redis."""
-    started: list[Proc] = []
-    log_dir = tmp_path_factory.mktemp("worker-logs")
-
-    def _start(name: str | None = None, concurrency: int = 1, env: dict[str, str] | None = None) -> Proc:
-        name = name or f"w{len(started)}-{uuid.uuid4().hex[:6]}"
-        hostname = f"{name}@test"
-        proc = Proc(
-            name,
-            ["worker", "--concurrency", str(concurrency), "--hostname", hostname],
-            {**stack_env, **(env or {})},
-            log_dir,
+    def __init__(self, root: Path, **settings: str) -> None:
+        self.root = root
+        self.redis = RedisServer(root / "redis", appendonly=True).start()
+        self.prefix = f"test-{uuid.uuid4().hex[:8]}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")}
+        self.env.update(
+            {
+                "ARTGEN_REDIS_URL": self.redis.url,
+                "ARTGEN_REDIS_PREFIX": self.prefix,
+                "ARTGEN_MODEL": "tiny",
+                "ARTGEN_DEVICE": "cpu",
+                "ARTGEN_MODELS_DIR": str(root / "models"),
+                "ARTGEN_RESULTS_DIR": str(root / "results"),
+                "ARTGEN_PREVIEW_EVERY": "2",
+                "ARTGEN_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+                # Pool processes share two cores: keep torch from oversubscribing them.
+                "OMP_NUM_THREADS": "1",
+            }
         )
-        started.append(proc)
-        workers_key = f"{stack_env['ARTGEN_REDIS_PREFIX']}:workers"
+        self.env.update({f"ARTGEN_{k.upper()}": v for k, v in settings.items()})
+        self.client = redis.Redis.from_url(self.redis.url)
+        self.procs: list[Proc] = []
+
+    def start_worker(self, name: str | None = None, concurrency: int = 1, **settings: str) -> Proc:
+        """Start an `artgen worker` and wait until it has announced itself in Redis."""
+        name = name or f"w{len(self.procs)}-{uuid.uuid4().hex[:6]}"
+        hostname = f"{name}@test"
+        env = {**self.env, **{f"ARTGEN_{k.upper()}": v for k, v in settings.items()}}
+        args = ["worker", "--concurrency", str(concurrency), "--hostname", hostname]
+        proc = Proc(name, args, env, self.root)
+        self.procs.append(proc)
 
         def ready() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"worker {name} exited at start:\n{proc.log_tail()}")
-            # The heartbeat is written on worker_ready, after the pool processes are up.
-            return bool(redis_client.hexists(workers_key, hostname)) and "ready" in proc.log_tail(20000)
+            announced = self.client.hexists(f"{self.prefix}:workers", hostname)
+            return bool(announced) and f"{hostname} ready" in proc.log_tail(50_000)
 
-        wait_for(ready, 120, f"worker {name} to be ready")
+        wait_for(ready, 120, f"worker {name} to be ready", interval_s=0.1)
         return proc
 
-    yield _start
-    for proc in started:
-        proc.stop()
-
-
-@pytest.fixture(scope="session")
-def worker(start_worker: Callable[..., Proc]) -> Proc:
-    """The session's shared worker: one process, two pool slots (two jobs at once)."""
-    return start_worker("shared", concurrency=2)
-
-
-@pytest.fixture(scope="session")
-def start_api(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., str]]:
-    """Factory: start an `artgen api` on a free port; returns its base URL once /healthz answers."""
-    started: list[Proc] = []
-    log_dir = tmp_path_factory.mktemp("api-logs")
-
-    def _start(env: dict[str, str] | None = None) -> str:
+    def start_api(self, **settings: str) -> str:
+        """Start an `artgen api` on a free port; returns its base URL once /healthz answers."""
         port = free_port()
-        proc = Proc(f"api-{port}", ["api", "--port", str(port)], {**stack_env, **(env or {})}, log_dir)
-        started.append(proc)
+        env = {**self.env, **{f"ARTGEN_{k.upper()}": v for k, v in settings.items()}}
+        proc = Proc(f"api-{port}", ["api", "--port", str(port)], env, self.root)
+        self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -176,17 +146,44 @@ def start_api(
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, 60, "the API to answer /healthz")
+        wait_for(healthy, 60, "the API to answer /healthz", interval_s=0.1)
         return url
 
-    yield _start
-    for proc in started:
-        proc.stop()
+    def restart_redis(self, down_s: float = 0.0, during: Callable[[], None] | None = None) -> None:
+        """Stop Redis cleanly (it flushes its AOF), optionally act while it is away, start it again."""
+        self.redis.stop()
+        if during is not None:
+            during()
+        time.sleep(down_s)
+        self.redis.start()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        self.redis.stop()
 
 
 @pytest.fixture(scope="session")
-def api_url(start_api: Callable[..., str], worker: Proc) -> str:
-    return start_api()
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    session_stack = Stack(tmp_path_factory.mktemp("stack"))
+    yield session_stack
+    session_stack.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client(stack: Stack) -> redis.Redis:
+    return stack.client
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> Proc:
+    """The session's shared worker: one process, two pool slots (two jobs at once)."""
+    return stack.start_worker("shared", concurrency=2)
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: Stack, worker: Proc) -> str:
+    return stack.start_api()
 
 
 @pytest.fixture
