@@ -1,0 +1,1 @@
+"""The HTTP gateway: validates jobs, writes them to Redis, enqueues them by task name; never imports torch."""

@@ -1,0 +1,31 @@
+"""`artgen api`: the HTTP gateway alone, as compose runs it."""
+
+from __future__ import annotations
+
+import click
+
+from shared.settings import get_settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [ARTGEN_HOST].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port [ARTGEN_PORT].")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn processes."
+)
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Run the HTTP gateway (uvicorn) on the configured host and port; flags override ARTGEN_*."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.main:app_factory",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        # Our own middleware counts requests; uvicorn's access log would cost more per request than the work.
+        access_log=False,
+        proxy_headers=True,
+    )

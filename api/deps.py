@@ -1,0 +1,69 @@
+"""Dependencies shared by the routers, declared once as `Annotated` types."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from redis.asyncio import Redis
+
+from api.auth import ApiKeys, presented_key
+from api.queue import Enqueuer
+from api.store import JobStore
+from shared.jobs import JobRecord
+from shared.settings import Settings
+
+# uuid4().hex: anything else cannot be a job of ours.
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+def get_enqueuer(request: Request) -> Enqueuer:
+    enqueuer: Enqueuer = request.app.state.enqueuer
+    return enqueuer
+
+
+def get_owner(request: Request) -> str:
+    """Who is calling: "" with keys off; a 401 with keys on and no valid key."""
+    api_keys: ApiKeys = request.app.state.api_keys
+    owner = api_keys.owner(presented_key(request.headers) if api_keys.enabled else None)
+    if owner is None:
+        raise HTTPException(
+            401,
+            detail="a valid API key is required (Authorization: Bearer <key>, or X-API-Key)",
+            headers={"WWW-Authenticate": 'Bearer realm="artgen"'},
+        )
+    return owner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+OwnerDep = Annotated[str, Depends(get_owner)]
+JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the job id (32 hex digits)")]
+
+
+async def get_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> JobRecord:
+    """The caller's job, or 404 (another key's job is as invisible as one that never existed)."""
+    record = await store.record(job_id)
+    if record is None or record.owner != owner:
+        raise HTTPException(404, detail="job not found")
+    return record
+
+
+JobDep = Annotated[JobRecord, Depends(get_job)]

@@ -1,0 +1,134 @@
+"""The FastAPI application: `create_app()` wires settings, Redis, the enqueuer, routers and handlers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from api.auth import ApiKeys
+from api.metrics import Metrics, MetricsMiddleware
+from api.queue import CeleryEnqueuer, Enqueuer
+from api.routes import aliases, health, jobs
+from api.schemas import MAX_IMAGE_PROMPTS
+from api.store import JobStore
+from shared.keys import Keys
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait while Redis is unreachable.
+REDIS_RETRY_AFTER_S = 5
+
+
+def body_limit(settings: Settings) -> int:
+    """Largest request body: all pictures of a job within one upload's bytes (as base64), plus fields."""
+    return math.ceil(settings.max_upload_bytes * 4 / 3) + 64 * 1024
+
+
+def make_redis(settings: Settings) -> Redis:
+    """One pooled client per process; short timeouts so an outage becomes a quick 503, not a hang."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,  # above the 1 s XREAD blocks of the event streams
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        max_connections=512,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, enqueuer: Enqueuer | None = None, redis_client: Redis | None = None
+) -> FastAPI:
+    """The app; tests pass their own settings, a recording enqueuer and a fakeredis client."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis_client if redis_client is not None else make_redis(settings)
+        queue = enqueuer if enqueuer is not None else CeleryEnqueuer(settings)
+        app.state.redis = client
+        app.state.enqueuer = queue
+        app.state.store = JobStore(client, Keys(settings.redis_prefix), settings)
+        try:
+            yield
+        finally:
+            if enqueuer is None:
+                queue.close()
+            if redis_client is None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="artgen",
+        version="1",
+        summary="VQGAN+CLIP painting as a service",
+        lifespan=lifespan,
+        max_body_size=body_limit(settings),
+    )
+    app.state.settings = settings
+    app.state.api_keys = ApiKeys(settings)
+    app.state.metrics = Metrics()
+    app.include_router(jobs.router)
+    app.include_router(aliases.router)
+    app.include_router(health.router)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    if settings.cors_origins:
+        wildcard = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            # Credentials are never allowed together with "*": any site could then act as the user.
+            allow_credentials=not wildcard,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match", "Last-Event-ID"],
+            expose_headers=["Location", "ETag", "X-Job-Id", "Retry-After"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    log.info(
+        "API ready for models %s; API keys %s; max %d image prompts",
+        settings.worker_models or [settings.model],
+        "on" if app.state.api_keys.enabled else "off",
+        MAX_IMAGE_PROMPTS,
+    )
+    return app
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(
+        {"detail": "redis is unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 as FastAPI shapes it, minus the inputs (a 100 kB field need not come back)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory api.main:app_factory`: settings from ARTGEN_* variables."""
+    return create_app()

@@ -1,0 +1,326 @@
+"""The canonical job resource: create, read, frame, result, events, cancel, list."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import redis.exceptions
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from api.deps import EnqueuerDep, JobDep, OwnerDep, SettingsDep, StoreDep
+from api.schemas import MAX_IMAGE_PROMPTS, Detail, JobCreate, JobList, JobView
+from api.store import JobStore, sse, view_of
+from api.submission import Uploads, base64_uploads, submit_job
+from api.validation import from_pydantic, invalid
+from shared.jobs import EventType, JobRecord, JobState
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+HEARTBEAT_S = 15.0
+# XREAD blocks in short slices, so a client that went away is noticed within one slice.
+_BLOCK_MS = 1000
+_FORM_FILES = ("init_image", "image_prompts")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail, "description": "API keys are on and none (or a wrong one) was given"},
+    404: {"model": Detail, "description": "no such job (or another key's)"},
+    503: {"model": Detail, "description": "Redis or the broker is unavailable; see Retry-After"},
+}
+
+
+def json_response(
+    model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise once with pydantic-core, skipping FastAPI's second validation of the return value."""
+    return Response(
+        model.model_dump_json(by_alias=True),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        **{
+                            name: {"type": "string"}
+                            for name in ("prompt", "model", "width", "height", "iterations", "cutn", "seed")
+                        },
+                        **{name: {"type": "string"} for name in ("cut_pow", "step_size", "init_weight")},
+                        "init_image": {"type": "string", "format": "binary"},
+                        "image_prompts": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def _form_request(request: Request) -> tuple[JobCreate, Uploads]:
+    try:
+        form = await request.form(max_files=1 + MAX_IMAGE_PROMPTS, max_fields=32)
+    except MultiPartException as exc:
+        raise invalid(
+            [{"loc": ("body",), "msg": f"malformed form: {exc.message}", "type": "value_error"}]
+        ) from exc
+    fields: dict[str, Any] = {}
+    uploads = Uploads()
+    prompt_texts: list[str] = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name not in _FORM_FILES:
+                raise invalid(
+                    [{"loc": ("body", name), "msg": "unexpected file field", "type": "value_error"}]
+                )
+            data = await value.read()
+            if name == "init_image":
+                if uploads.init_image is not None:
+                    raise invalid(
+                        [{"loc": ("body", name), "msg": "only one init_image", "type": "value_error"}]
+                    )
+                uploads.init_image = data
+            else:
+                uploads.image_prompts.append(data)
+        elif name == "image_prompts":
+            prompt_texts.append(value)
+        elif name in fields:
+            raise invalid([{"loc": ("body", name), "msg": f"{name} given twice", "type": "value_error"}])
+        elif value != "" or name == "prompt":  # an empty optional field means "use the default"
+            fields[name] = value
+    if prompt_texts:
+        fields["image_prompts"] = prompt_texts
+    try:
+        create = JobCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise from_pydantic(exc) from exc
+    return create, uploads
+
+
+async def read_create_request(request: Request, settings: Settings) -> tuple[JobCreate, Uploads]:
+    """A job from a JSON body (pictures in base64) or a multipart form (pictures as files)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        create, uploads = await _form_request(request)
+    elif content_type in ("", "application/json") or content_type.endswith("+json"):
+        # The app's body limit counts bytes as they arrive, so this never holds more than that in memory.
+        body = await request.body()
+        try:
+            create = JobCreate.model_validate_json(body)
+        except ValidationError as exc:
+            raise from_pydantic(exc) from exc
+        uploads = Uploads()
+    else:
+        raise HTTPException(415, detail="send application/json, or multipart/form-data with picture files")
+    base64_pictures = base64_uploads(create, settings)
+    if base64_pictures.init_image is not None:
+        if uploads.init_image is not None:
+            raise invalid(
+                [{"loc": ("body", "init_image"), "msg": "init_image given twice", "type": "value_error"}]
+            )
+        uploads.init_image = base64_pictures.init_image
+    uploads.image_prompts.extend(base64_pictures.image_prompts)
+    if len(uploads.image_prompts) > MAX_IMAGE_PROMPTS:
+        raise invalid(
+            [{"loc": ("body", "image_prompts"), "msg": f"at most {MAX_IMAGE_PROMPTS}", "type": "value_error"}]
+        )
+    return create, uploads
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobView,
+    openapi_extra=_CREATE_BODY,
+    responses={
+        **_ERRORS,
+        413: {"model": Detail, "description": "an upload or the body is too large"},
+        415: {"model": Detail},
+        429: {"model": Detail, "description": "the queue is full; see Retry-After"},
+    },
+)
+async def create_job(
+    request: Request, settings: SettingsDep, store: StoreDep, enqueuer: EnqueuerDep, owner: OwnerDep
+) -> Response:
+    """Queue a painting job; answers 202 with the job and its URL in `Location`."""
+    create, uploads = await read_create_request(request, settings)
+    record = await submit_job(
+        create,
+        uploads,
+        owner=owner,
+        settings=settings,
+        store=store,
+        enqueuer=enqueuer,
+        metrics=request.app.state.metrics,
+    )
+    view = await store.view(record)
+    return json_response(view, 202, {"Location": view.links.self_})
+
+
+@router.get("", response_model=JobList, responses={401: _ERRORS[401]})
+async def list_jobs(
+    store: StoreDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Response:
+    """The caller's jobs, newest first (with API keys off: everyone's)."""
+    ids, total = await store.list_ids(owner, limit, offset)
+    now = time.time()
+    # Positions in the queue are left out of the list: one ZRANK per job would make it slow.
+    jobs = [view_of(record, None, now) for record in await store.records(ids)]
+    return json_response(JobList(jobs=jobs, total=total, limit=limit, offset=offset))
+
+
+@router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
+async def read_job(record: JobDep, store: StoreDep) -> Response:
+    """State, progress, timings and links of one job."""
+    return json_response(await store.view(record))
+
+
+@router.get(
+    "/{job_id}/frame",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/png": {}}, "description": "the latest intermediate picture"},
+        304: {"description": "the frame has not changed since the ETag given in If-None-Match"},
+    },
+)
+async def read_frame(
+    record: JobDep, store: StoreDep, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The latest intermediate PNG; poll it with If-None-Match to get 304 while it has not changed."""
+    etag = f'"{record.id}-{record.frame_seq}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if record.frame_seq and if_none_match is not None and etag in _etags(if_none_match):
+        return Response(status_code=304, headers=headers)
+    frame = await store.redis.get(store.keys.frame(record.id)) if record.frame_seq else None
+    if frame is None:
+        raise HTTPException(404, detail="no frame yet")
+    return Response(frame, media_type="image/png", headers=headers)
+
+
+def _etags(header: str) -> set[str]:
+    return {part.strip().removeprefix("W/") for part in header.split(",")}
+
+
+@router.get(
+    "/{job_id}/result",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/png": {}}, "description": "the final picture"},
+        409: {"model": Detail, "description": "the job has not succeeded"},
+    },
+)
+async def read_result(record: JobDep, store: StoreDep) -> Response:
+    """The final PNG, once the job has succeeded."""
+    if record.state is not JobState.SUCCEEDED:
+        raise HTTPException(
+            409, detail=f"job is {record.state.value}; the result exists once it has succeeded"
+        )
+    result = await store.redis.get(store.keys.result(record.id))
+    if result is None:
+        raise HTTPException(404, detail="the result has expired")
+    return Response(result, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobView,
+    responses={**_ERRORS, 409: {"model": Detail, "description": "the job has already ended"}},
+)
+async def cancel_job(record: JobDep, store: StoreDep) -> Response:
+    """Cancel a job: a queued one never starts, a running one stops within an iteration."""
+    if record.state.terminal:
+        raise HTTPException(409, detail=f"job is already {record.state.value}")
+    await store.cancel(record)
+    updated = await store.record(record.id) or record
+    return json_response(await store.view(updated), 202)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+async def job_events(
+    record: JobDep,
+    store: StoreDep,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`."""
+    return StreamingResponse(
+        _event_stream(request, store, record.id, last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _valid_stream_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    left, _, right = value.partition("-")
+    return value if left.isdigit() and right.isdigit() and len(value) < 42 else None
+
+
+async def _event_stream(
+    request: Request, store: JobStore, job_id: str, last_event_id: str | None
+) -> AsyncIterator[bytes]:
+    try:
+        record, cursor = await store.snapshot_with_cursor(job_id)
+        if record is None:
+            return
+        # A reconnecting client resumes where it was; a new one starts after the snapshot.
+        cursor = _valid_stream_id(last_event_id) or cursor
+        yield sse("snapshot", (await store.view(record)).model_dump_json(by_alias=True))
+        if record.state.terminal:
+            yield sse(EventType.FINISHED.value, _finished_data(record))
+            return
+        last_sent = time.monotonic()
+        while not await request.is_disconnected():
+            events = await store.read_events(job_id, cursor, _BLOCK_MS)
+            for event_id, event, data in events:
+                cursor = event_id
+                yield sse(event, data, event_id)
+                last_sent = time.monotonic()
+                if event == EventType.FINISHED.value:
+                    return
+            if not events and time.monotonic() - last_sent >= HEARTBEAT_S:
+                # No event for a while: say we are alive, and make sure the job did not end unannounced.
+                current = await store.record(job_id)
+                if current is None or current.state.terminal:
+                    if current is not None:
+                        yield sse(EventType.FINISHED.value, _finished_data(current))
+                    return
+                yield b": keepalive\n\n"
+                last_sent = time.monotonic()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # The status line is long sent: tell the client in-band and end; it reconnects with Last-Event-ID.
+        log.warning("event stream of job %s ended: redis unavailable (%s)", job_id, exc)
+        yield sse("error", '{"detail": "redis unavailable; reconnect later"}')
+
+
+def _finished_data(record: JobRecord) -> str:
+    return json.dumps({"state": record.state.value, "error": record.error})

@@ -1,0 +1,97 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.jobs import JobState
+
+# Image prompts one job may upload (each one is CLIP-encoded on every iteration).
+MAX_IMAGE_PROMPTS = 4
+# Seeds are handed to torch.Generator.manual_seed; 32 bits keeps them portable to other RNGs.
+MAX_SEED = 2**32 - 1
+
+
+class JobCreate(BaseModel):
+    """A painting job as a client asks for it; limits that depend on settings are checked afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="`text:weight:stop` pieces joined by `|`")
+    model: str | None = Field(None, description="a model this deployment serves; default: its first")
+    width: int | None = Field(None, description="pixels, a multiple of 16")
+    height: int | None = Field(None, description="pixels, a multiple of 16")
+    iterations: int | None = None
+    cutn: int | None = Field(None, description="cutouts scored by CLIP per iteration")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; always returned")
+    cut_pow: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
+    step_size: float = Field(0.1, gt=0, le=1, allow_inf_nan=False)
+    init_weight: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)
+    init_image: str | None = Field(None, description="start picture, base64 (PNG, JPEG or WEBP)")
+    image_prompts: list[str] = Field(
+        default_factory=list, max_length=MAX_IMAGE_PROMPTS, description="pictures to paint towards, base64"
+    )
+
+
+class JobLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self")
+    frame: str
+    result: str
+    events: str
+    cancel: str
+
+
+class JobView(BaseModel):
+    """What clients see of a job."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    status: JobState
+    model: str
+    note: str | None
+    prompt: str
+    width: int
+    height: int
+    cutn: int
+    iterations: int
+    iteration: int
+    progress: float = Field(description="iteration / iterations, 0..1")
+    its: float | None = Field(description="iterations per second")
+    eta_seconds: float | None
+    queue_position: int | None = Field(description="1 = next to start; null unless queued")
+    seed: int
+    loss: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_wait_s: float | None
+    run_s: float | None
+    attempts: int
+    resumed_from: int | None
+    error: str | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    total: int
+    limit: int
+    offset: int
+
+
+class Detail(BaseModel):
+    """Every error answer: `{"detail": "..."}`."""
+
+    detail: str
+
+
+class Ready(BaseModel):
+    status: str
+    workers: list[str]
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,240 @@
+"""The API's reads and writes of job state in Redis; every key comes from `shared.keys.Keys`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from api.schemas import JobLinks, JobView
+from shared.jobs import EVENTS_MAXLEN, MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.transitions import CANCEL_IF_QUEUED
+
+
+def links(job_id: str) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(
+        self_=base,
+        frame=f"{base}/frame",
+        result=f"{base}/result",
+        events=f"{base}/events",
+        cancel=f"{base}/cancel",
+    )
+
+
+def view_of(record: JobRecord, queue_position: int | None, now: float | None = None) -> JobView:
+    """The client's view of a record (timings derived here, so the worker writes only timestamps)."""
+    now = time.time() if now is None else now
+    if record.started_at is not None:
+        queue_wait: float | None = record.started_at - record.created_at
+        run: float | None = (record.finished_at or now) - record.started_at
+    else:
+        queue_wait = (record.finished_at or now) - record.created_at
+        run = None
+    return JobView(
+        id=record.id,
+        status=record.state,
+        model=record.model,
+        note=record.note,
+        prompt=record.prompt,
+        width=record.width,
+        height=record.height,
+        cutn=record.cutn,
+        iterations=record.iterations,
+        iteration=record.iteration,
+        progress=record.progress,
+        its=record.its,
+        eta_seconds=record.eta_seconds,
+        queue_position=queue_position,
+        seed=record.seed,
+        loss=record.loss,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        queue_wait_s=queue_wait,
+        run_s=run,
+        attempts=record.attempts,
+        resumed_from=record.resumed_from,
+        error=record.error,
+        links=links(record.id),
+    )
+
+
+def sse(event: str, data: str, event_id: str | None = None) -> bytes:
+    """One Server-Sent Event; `data` is one line of JSON."""
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class JobStore:
+    redis: Redis
+    keys: Keys
+    settings: Settings
+
+    async def record(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        return JobRecord.from_redis(raw) if raw else None
+
+    async def queue_position(self, record: JobRecord) -> int | None:
+        if record.state is not JobState.QUEUED:
+            return None
+        rank = await self.redis.zrank(self.keys.queued(queue_for(record.model)), record.id)
+        return None if rank is None else int(rank) + 1
+
+    async def view(self, record: JobRecord) -> JobView:
+        return view_of(record, await self.queue_position(record))
+
+    async def queue_depth(self, model: str) -> int:
+        return int(await self.redis.zcard(self.keys.queued(queue_for(model))))
+
+    async def create(
+        self, params: JobParams, owner: str, init_png: bytes | None, prompt_pngs: list[bytes]
+    ) -> JobRecord:
+        """Write the record, its uploads and its index entries in one MULTI; the caller enqueues it."""
+        keys, ttl = self.keys, self.settings.job_ttl_s
+        record = JobRecord(
+            **params.model_dump(), id=uuid.uuid4().hex, owner=owner, note=MODEL_NOTES.get(params.model)
+        )
+        job_id, created = record.id, record.created_at
+        pipe = self.redis.pipeline(transaction=True)
+        if init_png is not None:
+            pipe.set(keys.init_image(job_id), init_png, ex=ttl)
+        for index, png in enumerate(prompt_pngs):
+            pipe.set(keys.image_prompt(job_id, index), png, ex=ttl)
+        pipe.hset(keys.job(job_id), mapping=record.to_redis())
+        pipe.expire(keys.job(job_id), ttl)
+        indexes = [keys.recent(), keys.queued(queue_for(params.model))]
+        if owner:
+            indexes.append(keys.owner_jobs(owner))
+        for index_key in indexes:
+            pipe.zadd(index_key, {job_id: created})
+            # Entries older than a job's lifetime point at expired records: trim them as we go.
+            pipe.zremrangebyscore(index_key, "-inf", created - ttl)
+            pipe.expire(index_key, ttl)
+        await pipe.execute()
+        return record
+
+    async def fail_unqueued(self, record: JobRecord, error: str) -> None:
+        """The broker refused the job: end it `failed` with the reason, so it is not silently lost."""
+        keys, now = self.keys, time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            keys.job(record.id), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error}
+        )
+        pipe.zrem(keys.queued(queue_for(record.model)), record.id)
+        self._finished_event(pipe, record.id, JobState.FAILED, error)
+        await pipe.execute()
+
+    async def cancel(self, record: JobRecord) -> bool:
+        """Flag the job for its worker; a queued one is canceled here at once. True if this call ended it."""
+        keys = self.keys
+        await self.redis.set(keys.cancel(record.id), "1", ex=self.settings.job_ttl_s)
+        changed = await self.redis.eval(CANCEL_IF_QUEUED, 1, keys.job(record.id), time.time())
+        if not changed:
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(keys.queued(queue_for(record.model)), record.id)
+        self._finished_event(pipe, record.id, JobState.CANCELED, None)
+        await pipe.execute()
+        return True
+
+    def _finished_event(self, pipe: Any, job_id: str, state: JobState, error: str | None) -> None:
+        stream = self.keys.events(job_id)
+        data = json.dumps({"state": state.value, "error": error})
+        pipe.xadd(
+            stream, {"event": EventType.FINISHED.value, "data": data}, maxlen=EVENTS_MAXLEN, approximate=True
+        )
+        pipe.expire(stream, self.settings.job_ttl_s)
+
+    def _index(self, owner: str) -> str:
+        return self.keys.owner_jobs(owner) if owner else self.keys.recent()
+
+    async def list_ids(self, owner: str, limit: int, offset: int) -> tuple[list[str], int]:
+        index = self._index(owner)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        pipe.zcard(index)
+        ids, total = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else i for i in ids], int(total)
+
+    async def records(self, job_ids: list[str]) -> list[JobRecord]:
+        """Records of these ids, in order; expired ones are left out."""
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [JobRecord.from_redis(raw) for raw in await pipe.execute() if raw]
+
+    async def latest(self, owner: str) -> str | None:
+        """The caller's most recent job (with keys off: the most recent of all)."""
+        ids, _ = await self.list_ids(owner, 1, 0)
+        return ids[0] if ids else None
+
+    async def snapshot_with_cursor(self, job_id: str) -> tuple[JobRecord | None, str]:
+        """The record and the id of the newest event, read atomically, so a stream misses nothing."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.xrevrange(self.keys.events(job_id), count=1)
+        raw, newest = await pipe.execute()
+        cursor = newest[0][0] if newest else b"0-0"
+        return (JobRecord.from_redis(raw) if raw else None), (
+            cursor.decode() if isinstance(cursor, bytes) else cursor
+        )
+
+    async def read_events(self, job_id: str, cursor: str, block_ms: int) -> list[tuple[str, str, str]]:
+        """Events after `cursor` as (id, event, data), waiting up to `block_ms` for the first."""
+        reply = await self.redis.xread({self.keys.events(job_id): cursor}, count=100, block=block_ms)
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                out.append(
+                    (
+                        _text(entry_id),
+                        _text(fields.get(b"event", fields.get("event", b""))),
+                        _text(fields.get(b"data", fields.get("data", b"{}"))),
+                    )
+                )
+        return out
+
+    async def workers(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.keys.workers())
+        out: dict[str, dict[str, Any]] = {}
+        for name, value in raw.items():
+            try:
+                beat = json.loads(value)
+            except ValueError:
+                continue  # a malformed heartbeat is no heartbeat
+            if isinstance(beat, dict):
+                out[_text(name)] = beat
+        return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def wait_terminal(store: JobStore, job_id: str, timeout_s: float, gone: Any = None) -> JobRecord | None:
+    """Wait on the job's event stream until it ends; None after `timeout_s` (or when `gone()` says so)."""
+    deadline = time.monotonic() + timeout_s
+    record, cursor = await store.snapshot_with_cursor(job_id)
+    last_check = time.monotonic()
+    while record is not None and not record.state.terminal:
+        left = deadline - time.monotonic()
+        if left <= 0 or (gone is not None and await gone()):
+            return None
+        events = await store.read_events(job_id, cursor, max(1, int(min(left, 1.0) * 1000)))
+        if events:
+            cursor = events[-1][0]
+        # Re-read the record on `finished`, and now and then in case an event was missed.
+        if any(e[1] == EventType.FINISHED.value for e in events) or time.monotonic() - last_check > 5:
+            record = await store.record(job_id)
+            last_check = time.monotonic()
+    return record

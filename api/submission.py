@@ -1,0 +1,123 @@
+"""Accepting a job: one path for `POST /v1/jobs` and the original API's aliases."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from api.metrics import Metrics
+from api.queue import Enqueuer
+from api.schemas import JobCreate
+from api.store import JobStore
+from api.uploads import UploadError, decode_base64, to_png
+from api.validation import job_params
+from shared.jobs import JobRecord, queue_for
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait before trying again when the queue is full or the broker is away.
+RETRY_AFTER_S = 10
+
+
+@dataclass
+class Uploads:
+    """Raw uploaded picture bytes, not yet checked."""
+
+    init_image: bytes | None = None
+    image_prompts: list[bytes] = field(default_factory=list)
+
+
+def upload_problem(exc: UploadError, field_name: str) -> Exception:
+    if exc.status == 413:
+        return HTTPException(413, detail=str(exc))
+    return RequestValidationError([{"loc": ("body", field_name), "msg": str(exc), "type": "value_error"}])
+
+
+def base64_uploads(request: JobCreate, settings: Settings) -> Uploads:
+    """Decode the base64 pictures of a JSON request (size checked before decoding)."""
+    limit = settings.max_upload_bytes
+    try:
+        init = decode_base64(request.init_image, "init_image", limit) if request.init_image else None
+    except UploadError as exc:
+        raise upload_problem(exc, "init_image") from exc
+    prompts = []
+    for index, text in enumerate(request.image_prompts):
+        try:
+            prompts.append(decode_base64(text, f"image_prompts[{index}]", limit))
+        except UploadError as exc:
+            raise upload_problem(exc, "image_prompts") from exc
+    return Uploads(init, prompts)
+
+
+async def _checked_png(data: bytes, what: str, field_name: str, settings: Settings) -> bytes:
+    try:
+        # Decoding is CPU work: off the event loop, so pollers are not stalled by an upload.
+        return await anyio.to_thread.run_sync(
+            to_png, data, what, settings.max_upload_bytes, settings.max_upload_pixels
+        )
+    except UploadError as exc:
+        raise upload_problem(exc, field_name) from exc
+
+
+async def submit_job(
+    request: JobCreate,
+    uploads: Uploads,
+    *,
+    owner: str,
+    settings: Settings,
+    store: JobStore,
+    enqueuer: Enqueuer,
+    metrics: Metrics,
+) -> JobRecord:
+    """Validate, store, enqueue; raises HTTPException/RequestValidationError for every refusal."""
+    params = job_params(
+        request,
+        settings,
+        has_init_image=uploads.init_image is not None,
+        image_prompt_count=len(uploads.image_prompts),
+    )
+    depth = await store.queue_depth(params.model)
+    if depth >= settings.max_queue_depth:
+        metrics.jobs_rejected.labels("queue_full").inc()
+        raise HTTPException(
+            429,
+            detail=f"the queue for model {params.model} is full ({depth} jobs waiting); try again later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    init_png = (
+        await _checked_png(uploads.init_image, "init_image", "init_image", settings)
+        if uploads.init_image is not None
+        else None
+    )
+    prompt_pngs = [
+        await _checked_png(data, f"image_prompts[{i}]", "image_prompts", settings)
+        for i, data in enumerate(uploads.image_prompts)
+    ]
+    record = await store.create(params, owner, init_png, prompt_pngs)
+    try:
+        await enqueuer.enqueue(record.id, queue_for(record.model))
+    except Exception as exc:  # any broker failure: the job must end visibly failed, not vanish
+        log.warning("could not enqueue job %s: %s: %s", record.id, type(exc).__name__, exc)
+        error = f"could not hand the job to the queue ({type(exc).__name__})"
+        await store.fail_unqueued(record, error)
+        metrics.jobs_rejected.labels("broker_unavailable").inc()
+        raise HTTPException(
+            503,
+            detail=f"job {record.id} could not be queued: the broker is unavailable; try again later",
+            headers={"Retry-After": str(RETRY_AFTER_S), "X-Job-Id": record.id},
+        ) from exc
+    metrics.jobs_submitted.labels(record.model).inc()
+    log.info(
+        "job %s queued (model %s, %dx%d, %d iterations)",
+        record.id,
+        record.model,
+        record.width,
+        record.height,
+        record.iterations,
+    )
+    return record
