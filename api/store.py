@@ -78,6 +78,11 @@ class JobStore:
     keys: Keys
     settings: Settings
 
+    async def blob(self, key: str) -> bytes | None:
+        """A stored picture (frame, result, upload), or None."""
+        value: Any = await self.redis.get(key)
+        return bytes(value) if value is not None else None
+
     async def record(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
         return JobRecord.from_redis(raw) if raw else None
@@ -85,7 +90,7 @@ class JobStore:
     async def queue_position(self, record: JobRecord) -> int | None:
         if record.state is not JobState.QUEUED:
             return None
-        rank = await self.redis.zrank(self.keys.queued(queue_for(record.model)), record.id)
+        rank: Any = await self.redis.zrank(self.keys.queued(queue_for(record.model)), record.id)
         return None if rank is None else int(rank) + 1
 
     async def view(self, record: JobRecord) -> JobView:
@@ -108,7 +113,8 @@ class JobStore:
             pipe.set(keys.init_image(job_id), init_png, ex=ttl)
         for index, png in enumerate(prompt_pngs):
             pipe.set(keys.image_prompt(job_id, index), png, ex=ttl)
-        pipe.hset(keys.job(job_id), mapping=record.to_redis())
+        fields: dict[Any, Any] = record.to_redis()
+        pipe.hset(keys.job(job_id), mapping=fields)
         pipe.expire(keys.job(job_id), ttl)
         indexes = [keys.recent(), keys.queued(queue_for(params.model))]
         if owner:
@@ -191,7 +197,7 @@ class JobStore:
 
     async def read_events(self, job_id: str, cursor: str, block_ms: int) -> list[tuple[str, str, str]]:
         """Events after `cursor` as (id, event, data), waiting up to `block_ms` for the first."""
-        reply = await self.redis.xread({self.keys.events(job_id): cursor}, count=100, block=block_ms)
+        reply: Any = await self.redis.xread({self.keys.events(job_id): cursor}, count=100, block=block_ms)
         out = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

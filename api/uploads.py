@@ -7,7 +7,7 @@ import binascii
 import io
 import re
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -56,7 +56,7 @@ def to_png(data: bytes, what: str, max_bytes: int, max_pixels: int) -> bytes:
         raise
     except Image.DecompressionBombError as exc:
         raise UploadError(f"{what} refused as a decompression bomb: {exc}") from exc
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UploadError(
             f"{what} is not a readable {'/'.join(ALLOWED_FORMATS)} picture ({type(exc).__name__}: {exc})"
         ) from exc

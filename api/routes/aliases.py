@@ -99,7 +99,7 @@ async def _final_picture(
         raise HTTPException(502, detail=f"worker failed: {final.error}", headers=headers)
     if final.state is JobState.CANCELED:
         raise HTTPException(409, detail=f"job {record.id} was canceled", headers=headers)
-    png = await store.redis.get(store.keys.result(record.id))
+    png = await store.blob(store.keys.result(record.id))
     if png is None:
         raise HTTPException(
             502, detail=f"job {record.id} succeeded but its result is missing", headers=headers
@@ -167,9 +167,9 @@ async def _job_for(store: JobStore, owner: str, job_id: str | None) -> JobRecord
 async def progress_image(store: StoreDep, owner: OwnerDep, job_id: JobIdQuery = None) -> Response:
     """The latest picture of a job as JPEG (its last frame; its result once it has no frame)."""
     record = await _job_for(store, owner, job_id)
-    png = await store.redis.get(store.keys.frame(record.id))
+    png = await store.blob(store.keys.frame(record.id))
     if png is None and record.state is JobState.SUCCEEDED:
-        png = await store.redis.get(store.keys.result(record.id))
+        png = await store.blob(store.keys.result(record.id))
     if png is None:
         raise HTTPException(404, detail="no frame yet", headers={"X-Job-Id": record.id})
     jpeg = await anyio.to_thread.run_sync(png_to_jpeg, png)

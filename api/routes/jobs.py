@@ -213,7 +213,7 @@ async def read_frame(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if record.frame_seq and if_none_match is not None and etag in _etags(if_none_match):
         return Response(status_code=304, headers=headers)
-    frame = await store.redis.get(store.keys.frame(record.id)) if record.frame_seq else None
+    frame = await store.blob(store.keys.frame(record.id)) if record.frame_seq else None
     if frame is None:
         raise HTTPException(404, detail="no frame yet")
     return Response(frame, media_type="image/png", headers=headers)
@@ -238,7 +238,7 @@ async def read_result(record: JobDep, store: StoreDep) -> Response:
         raise HTTPException(
             409, detail=f"job is {record.state.value}; the result exists once it has succeeded"
         )
-    result = await store.redis.get(store.keys.result(record.id))
+    result = await store.blob(store.keys.result(record.id))
     if result is None:
         raise HTTPException(404, detail="the result has expired")
     return Response(result, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

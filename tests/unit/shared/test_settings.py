@@ -1,0 +1,60 @@
+"""Settings from ARTGEN_* variables: lists, secrets, limits."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ARTGEN_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_without_environment() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.model is None and settings.worker_models == [] and not settings.auth_enabled
+    assert settings.url == "http://127.0.0.1:8000"
+    assert settings.visibility_timeout_s > settings.hard_time_limit_s > settings.soft_time_limit_s
+
+
+def test_comma_separated_lists_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTGEN_WORKER_MODELS", "tiny, toyworld,")
+    monkeypatch.setenv("ARTGEN_CORS_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("ARTGEN_API_KEYS", "k" * 20 + "," + "j" * 16)
+    monkeypatch.setenv("ARTGEN_PORT", "9001")
+    settings = Settings(_env_file=None)
+    assert settings.worker_models == ["tiny", "toyworld"]
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert [k.get_secret_value() for k in settings.api_keys] == ["k" * 20, "j" * 16]
+    assert settings.auth_enabled and settings.port == 9001
+    assert "k" * 20 not in repr(settings)  # secrets never show up in logs of the settings
+
+
+@pytest.mark.parametrize("keys", ["changeme", "short-key", "secret"])
+def test_weak_api_keys_are_refused(monkeypatch: pytest.MonkeyPatch, keys: str) -> None:
+    monkeypatch.setenv("ARTGEN_API_KEYS", keys)
+    with pytest.raises(ValidationError, match="API_KEYS"):
+        Settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"hard_time_limit_s": 10, "soft_time_limit_s": 10},
+        {"default_size": 100},
+        {"default_size": 1024, "max_size": 512},
+        {"port": 0},
+        {"max_upload_bytes": 10},
+        {"flower_password": "admin"},
+    ],
+)
+def test_inconsistent_settings_are_refused(values: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, **values)
