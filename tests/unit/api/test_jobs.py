@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from api.auth import ANONYMOUS
 from shared.jobs import MODEL_NOTES, JobRecord, JobState
@@ -212,6 +214,10 @@ def test_multipart_with_init_image_and_image_prompts(client: TestClient, worker:
     assert record.has_init_image and record.image_prompt_count == 2 and record.init_weight == 1.0
     stored = worker.client.get(KEYS.init_image(job_id))
     assert stored is not None and stored.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(stored)) as picture:  # the uploaded picture itself, as RGB
+        assert picture.size == (40, 24) and picture.mode == "RGB"
+        red, green, blue = picture.getpixel((20, 12))
+        assert red > 180 and green < 60 and blue < 60
     for index in range(2):
         assert worker.client.get(KEYS.image_prompt(job_id, index)).startswith(b"\x89PNG")
         assert worker.client.ttl(KEYS.image_prompt(job_id, index)) > 0
