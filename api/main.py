@@ -6,12 +6,14 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -19,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from api.auth import ApiKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
-from api.routes import aliases, health, jobs
+from api.routes import aliases, config, health, jobs
 from api.schemas import MAX_IMAGE_PROMPTS
 from api.store import JobStore
 from shared.keys import Keys
@@ -27,6 +29,7 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+STATIC_DIR = Path(__file__).parent / "static"
 # Seconds a client should wait while Redis is unreachable.
 REDIS_RETRY_AFTER_S = 5
 
@@ -82,6 +85,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(aliases.router)
     app.include_router(health.router)
+    app.include_router(config.router)
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -97,6 +101,8 @@ def create_app(
             expose_headers=["Location", "ETag", "X-Job-Id", "Retry-After"],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # The web page, last: every API route above takes precedence over a static file of the same path.
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="page")
     log.info(
         "API ready for models %s; API keys %s; max %d image prompts",
         settings.worker_models or [settings.model],

@@ -95,3 +95,20 @@ class Ready(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class ServiceConfig(BaseModel):
+    """Limits and models of this deployment (GET /v1/config)."""
+
+    models: list[str]
+    default_model: str | None
+    notes: dict[str, str] = Field(description="per model: why its pictures are not meant as art")
+    max_size: int
+    max_iterations: int
+    max_cutn: int
+    max_prompt_chars: int
+    max_upload_bytes: int
+    default_size: int
+    default_iterations: int
+    default_cutn: int
+    api_keys: bool = Field(description="true when every job route needs an API key")

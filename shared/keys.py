@@ -31,6 +31,10 @@ class Keys:
         """String: PNG bytes of the final picture."""
         return f"{self.prefix}:job:{job_id}:result"
 
+    def timelapse(self, job_id: str) -> str:
+        """String: the animated WebP of a finished job's frames, made on first request."""
+        return f"{self.prefix}:job:{job_id}:timelapse"
+
     def init_image(self, job_id: str) -> str:
         """String: the uploaded start picture (kept out of broker messages)."""
         return f"{self.prefix}:job:{job_id}:init"
@@ -66,6 +70,7 @@ class Keys:
             self.frame(job_id),
             self.frames(job_id),
             self.result(job_id),
+            self.timelapse(job_id),
             self.init_image(job_id),
             self.cancel(job_id),
             self.events(job_id),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio.to_thread
 import redis.exceptions
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -242,6 +245,54 @@ async def read_result(record: JobDep, store: StoreDep) -> Response:
     if result is None:
         raise HTTPException(404, detail="the result has expired")
     return Response(result, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/{job_id}/timelapse",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/webp": {}}, "description": "the preview frames as an animated WebP"},
+    },
+)
+async def read_timelapse(record: JobDep, store: StoreDep) -> Response:
+    """The job's preview frames (at most `timelapse_max_frames`, spread over the run) as animated WebP."""
+    key = store.keys.timelapse(record.id)
+    cached = await store.blob(key) if record.state.terminal else None
+    if cached is None:
+        frames = [
+            f for f in await store.redis.lrange(store.keys.frames(record.id), 0, -1) if isinstance(f, bytes)
+        ]
+        if not frames:
+            raise HTTPException(404, detail="no frames yet")
+        # Encoding is CPU work: off the event loop.
+        webp: bytes = await anyio.to_thread.run_sync(timelapse_webp, frames)
+        if record.state.terminal:
+            await store.redis.set(key, webp, ex=store.settings.job_ttl_s)
+        cached = webp
+    filename = f"artgen-{record.id[:8]}-timelapse.webp"
+    return Response(
+        cached,
+        media_type="image/webp",
+        headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "no-cache"},
+    )
+
+
+def timelapse_webp(frames: list[bytes], frame_ms: int = 120, hold_last_ms: int = 1500) -> bytes:
+    """Animated, lossless WebP of PNG frames; the last frame is held so the finished picture is seen."""
+    images = [Image.open(io.BytesIO(frame)).convert("RGB") for frame in frames]
+    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer,
+        format="WEBP",
+        save_all=True,
+        append_images=images[1:],
+        duration=durations,
+        loop=0,
+        lossless=True,
+    )
+    return buffer.getvalue()
 
 
 @router.post(

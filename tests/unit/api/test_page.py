@@ -1,0 +1,52 @@
+"""The config endpoint, the time-lapse and the web page served at /."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.unit.api.support import FakeWorker, png_bytes
+
+
+def test_config_reports_limits_models_and_notes(client: TestClient) -> None:
+    config = client.get("/v1/config").json()
+    assert config["models"] == ["tiny"] and config["default_model"] == "tiny"
+    assert "untrained demo model" in config["notes"]["tiny"]
+    assert config["max_size"] == 128 and config["max_cutn"] == 16 and config["api_keys"] is False
+
+
+def test_config_says_when_keys_are_needed(make_client: Callable[..., TestClient]) -> None:
+    keyed = make_client(api_keys="k" * 32)
+    assert keyed.get("/v1/config").json()["api_keys"] is True
+
+
+def test_timelapse_is_an_animated_webp_of_the_kept_frames(
+    client: TestClient, submit: Callable[..., dict[str, Any]], worker: FakeWorker
+) -> None:
+    job = submit()
+    assert client.get(f"/v1/jobs/{job['id']}/timelapse").status_code == 404  # no frames yet
+    worker.start(job["id"])
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for colour in colours:
+        worker.client.rpush(worker.keys.frames(job["id"]), png_bytes((64, 64), colour))
+    worker.finish(job["id"], result=png_bytes((64, 64)))
+
+    response = client.get(f"/v1/jobs/{job['id']}/timelapse")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    animation = Image.open(io.BytesIO(response.content))
+    assert animation.format == "WEBP" and animation.n_frames == 3
+    seen = []
+    for index in range(animation.n_frames):
+        animation.seek(index)
+        seen.append(animation.convert("RGB").getpixel((32, 32)))
+    assert seen == colours
+    # A finished job's time-lapse is made once and kept.
+    assert worker.client.exists(worker.keys.timelapse(job["id"]))
+
+
+def test_timelapse_of_another_job_is_404(client: TestClient) -> None:
+    assert client.get("/v1/jobs/0123456789abcdef0123456789abcdef/timelapse").status_code == 404
