@@ -70,6 +70,7 @@ class JobView(BaseModel):
     queue_wait_s: float | None
     run_s: float | None
     attempts: int
+    worker: str | None = Field(description="the worker running it, or that ran it last")
     resumed_from: int | None
     error: str | None
     links: JobLinks

@@ -60,6 +60,7 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         queue_wait_s=queue_wait,
         run_s=run,
         attempts=record.attempts,
+        worker=record.worker,
         resumed_from=record.resumed_from,
         error=record.error,
         links=links(record.id),
