@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -67,3 +68,23 @@ async def get_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> JobRec
 
 
 JobDep = Annotated[JobRecord, Depends(get_job)]
+
+
+async def limit_submissions(request: Request, store: StoreDep, owner: OwnerDep) -> None:
+    """429 with Retry-After when the caller has submitted `rate_limit_per_minute` jobs this minute."""
+    limit = store.settings.rate_limit_per_minute
+    if not limit:
+        return
+    # Per API key when keys are on; per client address otherwise.
+    caller = owner or f"ip:{request.client.host if request.client else 'unknown'}"
+    retry_after = await store.rate_limited(hashlib.sha256(caller.encode()).hexdigest()[:16], limit)
+    if retry_after is not None:
+        request.app.state.metrics.jobs_rejected.labels("rate_limited").inc()
+        raise HTTPException(
+            429,
+            detail=f"rate limit: at most {limit} jobs a minute; try again in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+RateLimitDep = Depends(limit_submissions)

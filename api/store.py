@@ -97,6 +97,17 @@ class JobStore:
     async def view(self, record: JobRecord) -> JobView:
         return view_of(record, await self.queue_position(record))
 
+    async def rate_limited(self, caller: str, limit: int, now: float | None = None) -> int | None:
+        """Count one submission in the caller's current minute; seconds to wait if over `limit`."""
+        now = time.time() if now is None else now
+        window = int(now // 60)
+        key = self.keys.rate(caller, window)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = await pipe.execute()
+        return None if int(count) <= limit else max(1, (window + 1) * 60 - int(now))
+
     async def queue_depth(self, model: str) -> int:
         return int(await self.redis.zcard(self.keys.queued(queue_for(model))))
 

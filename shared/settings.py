@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_queue_depth: int = Field(1000, ge=1)
+    # Jobs one caller (API key, or client address with keys off) may submit per minute; 0 = no limit.
+    rate_limit_per_minute: int = Field(60, ge=0)
 
     # --- job defaults ----------------------------------------------------------------------------
     default_size: int = 256

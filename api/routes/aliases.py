@@ -8,7 +8,7 @@ import anyio.to_thread
 from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
 from pydantic import ValidationError
 
-from api.deps import JOB_ID_PATTERN, EnqueuerDep, OwnerDep, SettingsDep, StoreDep
+from api.deps import JOB_ID_PATTERN, EnqueuerDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
 from api.queue import Enqueuer
 from api.routes.jobs import json_response
 from api.schemas import Detail, JobCreate, JobView
@@ -108,7 +108,7 @@ async def _final_picture(
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
-@router.post("/generate_text2img", response_class=Response, responses=_PICTURE)
+@router.post("/generate_text2img", response_class=Response, responses=_PICTURE, dependencies=[RateLimitDep])
 async def generate_text2img(
     request: Request,
     settings: SettingsDep,
@@ -128,7 +128,9 @@ async def generate_text2img(
     return await _run(request, create, Uploads(), wait, owner, settings, store, enqueuer)
 
 
-@router.post("/generate_textimg2img", response_class=Response, responses=_PICTURE)
+@router.post(
+    "/generate_textimg2img", response_class=Response, responses=_PICTURE, dependencies=[RateLimitDep]
+)
 async def generate_textimg2img(
     request: Request,
     settings: SettingsDep,

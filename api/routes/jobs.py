@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from api.deps import EnqueuerDep, JobDep, OwnerDep, SettingsDep, StoreDep
+from api.deps import EnqueuerDep, JobDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
 from api.schemas import MAX_IMAGE_PROMPTS, Detail, JobCreate, JobList, JobView
 from api.store import JobStore, sse, view_of
 from api.submission import Uploads, base64_uploads, submit_job
@@ -153,11 +153,12 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
     status_code=202,
     response_model=JobView,
     openapi_extra=_CREATE_BODY,
+    dependencies=[RateLimitDep],
     responses={
         **_ERRORS,
         413: {"model": Detail, "description": "an upload or the body is too large"},
         415: {"model": Detail},
-        429: {"model": Detail, "description": "the queue is full; see Retry-After"},
+        429: {"model": Detail, "description": "the queue is full or the rate limit hit; see Retry-After"},
     },
 )
 async def create_job(

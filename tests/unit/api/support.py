@@ -111,6 +111,7 @@ def make_settings(**overrides: Any) -> Settings:
         "max_upload_bytes": 64 * 1024,
         "max_upload_pixels": 512 * 512,
         "max_queue_depth": 5,
+        "rate_limit_per_minute": 0,
         "blocking_timeout_s": 5.0,
     }
     values.update(overrides)

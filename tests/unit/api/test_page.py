@@ -50,3 +50,26 @@ def test_timelapse_is_an_animated_webp_of_the_kept_frames(
 
 def test_timelapse_of_another_job_is_404(client: TestClient) -> None:
     assert client.get("/v1/jobs/0123456789abcdef0123456789abcdef/timelapse").status_code == 404
+
+
+def test_submissions_over_the_rate_limit_get_429_with_retry_after(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(rate_limit_per_minute=3, max_queue_depth=100)
+    body = {"prompt": "a red fox", "width": 64, "height": 64, "iterations": 10}
+    answers = [client.post("/v1/jobs", json=body) for _ in range(4)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    assert 1 <= int(answers[-1].headers["retry-after"]) <= 60
+    assert "at most 3 jobs a minute" in answers[-1].json()["detail"]
+    # Reading is not limited.
+    assert client.get(f"/v1/jobs/{answers[0].json()['id']}").status_code == 200
+
+
+def test_the_rate_limit_counts_each_api_key_apart(make_client: Callable[..., TestClient]) -> None:
+    keys = ["a" * 32, "b" * 32]
+    client = make_client(rate_limit_per_minute=1, api_keys=",".join(keys), max_queue_depth=100)
+    body = {"prompt": "a red fox", "width": 64, "height": 64, "iterations": 10}
+    first, second = ({"Authorization": f"Bearer {key}"} for key in keys)
+    assert client.post("/v1/jobs", json=body, headers=first).status_code == 202
+    assert client.post("/v1/jobs", json=body, headers=second).status_code == 202
+    assert client.post("/v1/jobs", json=body, headers=first).status_code == 429
