@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.stats import JobStats
 
 
 class Metrics:
@@ -83,3 +87,49 @@ def _route_of(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None) if isinstance(route, BaseRoute) else None
     return path if isinstance(path, str) else "unmatched"
+
+
+class _JobStatsCollector:
+    """One scrape's snapshot of the job statistics all workers keep in Redis."""
+
+    def __init__(self, stats: JobStats, running_its: dict[str, float]) -> None:
+        self.stats = stats
+        self.running_its = running_its
+
+    def collect(self) -> Iterator[Metric]:
+        finished = CounterMetricFamily(
+            "artgen_jobs_finished", "Jobs that ended, by model and final state.", labels=["model", "state"]
+        )
+        for (model, state), count in sorted(self.stats.finished.items()):
+            finished.add_metric([model, state], count)
+        yield finished
+        iterations = CounterMetricFamily(
+            "artgen_iterations", "Optimisation steps done by finished jobs, by model.", labels=["model"]
+        )
+        for model, count in sorted(self.stats.iterations.items()):
+            iterations.add_metric([model], count)
+        yield iterations
+        speed = GaugeMetricFamily(
+            "artgen_iterations_per_second",
+            "Iterations per second summed over the jobs running now, by model.",
+            labels=["model"],
+        )
+        for model, its in sorted(self.running_its.items()):
+            speed.add_metric([model], its)
+        yield speed
+        for name, help_text in (
+            ("duration", "Seconds from a job's start to its end, by model."),
+            ("queue_wait", "Seconds a job waited in the queue before it started, by model."),
+        ):
+            family = HistogramMetricFamily(f"artgen_job_{name}_seconds", help_text, labels=["model"])
+            for (kind, model), histogram in sorted(self.stats.histograms.items()):
+                if kind == name:
+                    family.add_metric([model], histogram.buckets, histogram.total)
+            yield family
+
+
+def render_job_stats(stats: JobStats, running_its: dict[str, float]) -> bytes:
+    """Prometheus text for the aggregated job statistics (a fresh registry per scrape)."""
+    registry = CollectorRegistry()
+    registry.register(_JobStatsCollector(stats, running_its))
+    return generate_latest(registry)

@@ -14,6 +14,7 @@ from api.schemas import JobLinks, JobView
 from shared.jobs import EVENTS_MAXLEN, MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.stats import record_finished
 from shared.transitions import CANCEL_IF_QUEUED
 
 
@@ -108,6 +109,21 @@ class JobStore:
         count, _ = await pipe.execute()
         return None if int(count) <= limit else max(1, (window + 1) * 60 - int(now))
 
+    async def running_its(self) -> dict[str, float]:
+        """Iterations per second of every running job, summed per model."""
+        ids = [
+            i.decode() if isinstance(i, bytes) else i for i in await self.redis.smembers(self.keys.running())
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.keys.job(job_id), ["model", "its", "state"])
+        totals: dict[str, float] = {}
+        for model, its, state in await pipe.execute():
+            if model is None or its is None or _text(state) != JobState.RUNNING.value:
+                continue
+            totals[_text(model)] = totals.get(_text(model), 0.0) + float(_text(its))
+        return totals
+
     async def queue_depth(self, model: str) -> int:
         return int(await self.redis.zcard(self.keys.queued(queue_for(model))))
 
@@ -147,7 +163,7 @@ class JobStore:
             keys.job(record.id), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error}
         )
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        self._finished_event(pipe, record.id, JobState.FAILED, error)
+        self._finished_event(pipe, record.id, JobState.FAILED, error, record)
         await pipe.execute()
 
     async def cancel(self, record: JobRecord) -> bool:
@@ -159,11 +175,17 @@ class JobStore:
             return False
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        self._finished_event(pipe, record.id, JobState.CANCELED, None)
+        self._finished_event(pipe, record.id, JobState.CANCELED, None, record)
         await pipe.execute()
         return True
 
-    def _finished_event(self, pipe: Any, job_id: str, state: JobState, error: str | None) -> None:
+    def _finished_event(
+        self, pipe: Any, job_id: str, state: JobState, error: str | None, record: JobRecord | None = None
+    ) -> None:
+        """Announce the end on the job's stream and, for jobs no worker started, count it in the stats."""
+        if record is not None:
+            wait_s = time.time() - record.created_at
+            record_finished(pipe, self.keys.stats(), record.model, state.value, None, wait_s, 0)
         stream = self.keys.events(job_id)
         data = json.dumps({"state": state.value, "error": error})
         pipe.xadd(

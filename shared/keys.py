@@ -102,6 +102,10 @@ class Keys:
         """String flag: this worker is shutting down; its running jobs checkpoint and go back to the queue."""
         return f"{self.prefix}:worker:{worker}:shutdown"
 
+    def stats(self) -> str:
+        """Hash: finished-job counts and duration / queue-wait histograms, over all workers."""
+        return f"{self.prefix}:stats"
+
     def workers(self) -> str:
         """Hash: worker name -> last heartbeat (unix seconds) and models served."""
         return f"{self.prefix}:workers"

@@ -18,11 +18,13 @@ from shared.jobs import EventType, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
+from shared.stats import record_finished
 from shared.transitions import FINISH_IF_RUNNING, REQUEUE_IF_RUNNING, START_IF_RUNNABLE
 from worker.progress import JobLock, ProgressReporter, publish_event
 
 if TYPE_CHECKING:
     import redis
+
     from worker.engine import Painter
 
 log = logging.getLogger(__name__)
@@ -198,8 +200,12 @@ def _finish(
 ) -> JobState:
     """Write the final state once (terminal states are never overwritten) and announce it."""
     if client.eval(FINISH_IF_RUNNING, 1, keys.job(job_id), state.value, time.time(), error or ""):
+        record = JobRecord.from_redis(client.hgetall(keys.job(job_id)))
         pipe = client.pipeline(transaction=True)
         publish_event(pipe, keys, job_id, EventType.FINISHED, {"state": state.value, "error": error})
+        run_s = record.finished_at - record.started_at if record.finished_at and record.started_at else None
+        wait_s = record.started_at - record.created_at if record.started_at else None
+        record_finished(pipe, keys.stats(), record.model, state.value, run_s, wait_s, record.iteration)
         pipe.delete(keys.checkpoint(job_id))
         pipe.srem(keys.running(), job_id)
         for key in keys.all_for_job(job_id):

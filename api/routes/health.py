@@ -8,10 +8,11 @@ import redis.exceptions
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from api.deps import SettingsDep, StoreDep
-from api.metrics import Metrics
+from api.metrics import Metrics, render_job_stats
 from api.schemas import Detail, Health, Ready
 from api.validation import served_models
 from shared.jobs import queue_for
+from shared.stats import read_stats
 
 router = APIRouter(tags=["health"])
 
@@ -50,7 +51,7 @@ def _fresh(beat: dict[str, object], now: float) -> bool:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
-    """Prometheus text format; queue depths and running jobs are read from Redis at scrape time."""
+    """Prometheus text format; queue depths, running jobs and job statistics are read at scrape time."""
     registry: Metrics = request.app.state.metrics
     keys = store.keys
     pipe = store.redis.pipeline(transaction=False)
@@ -58,10 +59,13 @@ async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> R
     for model in models:
         pipe.zcard(keys.queued(queue_for(model)))
     pipe.scard(keys.running())
-    *depths, running = await pipe.execute()
+    pipe.hgetall(keys.stats())
+    *depths, running, raw_stats = await pipe.execute()
     for model, depth in zip(models, depths, strict=True):
         registry.queue_depth.labels(queue_for(model)).set(depth)
     registry.jobs_running.set(running)
     now = time.time()
     registry.workers_alive.set(sum(_fresh(beat, now) for beat in (await store.workers()).values()))
-    return Response(registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    running_its = await store.running_its()
+    body = registry.render() + render_job_stats(read_stats(raw_stats), running_its)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
