@@ -462,6 +462,10 @@ class Watch {
     const source = new EventSource(url);
     this.stream = { close: () => source.close() };
     let failures = 0;
+    let opened = false;
+    source.addEventListener("open", () => {
+      opened = true;
+    });
     for (const name of ["snapshot", "progress", "frame", "finished"]) {
       source.addEventListener(name, (event) => {
         failures = 0;
@@ -473,7 +477,8 @@ class Watch {
       // The server's own `error` event carries data (Redis went away); a connection error does not.
       if (event.data) this.trouble(new ApiError(503, detailItems(JSON.parse(event.data).detail)[0].text), "The live view paused:");
       failures += 1;
-      if (source.readyState === EventSource.CLOSED || failures >= 3) this.startPolling("the event stream failed");
+      // Never opened (blocked, refused): poll now. A stream that worked gets a few reconnects first.
+      if (!opened || source.readyState === EventSource.CLOSED || failures >= 3) this.startPolling("the event stream failed");
     });
   }
 
