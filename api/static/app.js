@@ -9,6 +9,7 @@ const QUEUE_POLL_MS = 1000; // queue position: the event stream says nothing unt
 const CHECK_MS = 5000; // while streaming, re-read the job now and then so a lost stream never stalls the page
 const GALLERY_LIMIT = 12;
 const GALLERY_REFRESH_MS = 3000;
+const QUEUE_STALL_MS = 8000; // queued this long: ask /readyz whether any worker is alive, and say so
 
 const ui = {};
 const page = {
@@ -19,6 +20,7 @@ const page = {
   resultUrl: null, // object URL behind the PNG download
   timelapseBlob: null,
   showingTimelapse: false,
+  stall: "", // why a queued job is not starting (no live worker), in words
   initFile: null,
   initPreviewUrl: null,
   galleryTimer: null,
@@ -388,6 +390,8 @@ class Watch {
     this.frameBusy = false;
     this.framePending = false;
     this.lastEventAt = Date.now();
+    this.queuedSince = null;
+    this.readyCheckedAt = 0;
   }
 
   start() {
@@ -419,6 +423,7 @@ class Watch {
       this.clearTrouble();
       applyView(view);
       if (TERMINAL.has(view.status)) return this.onFinished();
+      if (view.status === "queued") await this.checkStall();
       if (this.polling && view.status !== "queued") await this.loadFrame();
     } catch (error) {
       if (this.closed) return;
@@ -430,6 +435,23 @@ class Watch {
       this.trouble(error, "Lost contact with the service; still trying.");
     }
     this.schedule();
+  }
+
+  /** A job queued for long may have no worker to run it: /readyz says whether any is alive. */
+  async checkStall() {
+    const now = Date.now();
+    this.queuedSince = this.queuedSince || now;
+    if (now - this.queuedSince < QUEUE_STALL_MS || now - this.readyCheckedAt < QUEUE_STALL_MS) return;
+    this.readyCheckedAt = now;
+    let stall = "";
+    try {
+      await api("/readyz");
+    } catch (error) {
+      stall = error instanceof ApiError ? error.headline : String(error);
+    }
+    if (this.closed) return;
+    page.stall = stall;
+    render();
   }
 
   trouble(error, context) {
@@ -619,6 +641,7 @@ function openJob(job) {
   page.job = { ...job };
   page.showingResult = false;
   page.showingTimelapse = false;
+  page.stall = "";
   page.timelapseBlob = null;
   resetCanvas(job);
   history.replaceState(null, "", `#job=${job.id}`);
@@ -682,6 +705,7 @@ function applyView(view) {
   // A slow re-read must not move the bar backwards past what the stream already showed.
   const iteration = view.status === "running" && job.status === "running" ? Math.max(view.iteration, job.iteration) : view.iteration;
   Object.assign(job, view, { iteration });
+  if (view.status !== "queued") page.stall = "";
   render();
 }
 
@@ -691,6 +715,7 @@ function applyProgress(event) {
   if (event.iteration < job.iteration) return;
   job.status = "running";
   job.queue_position = null;
+  page.stall = "";
   job.iteration = event.iteration;
   job.iterations = event.iterations;
   job.loss = event.loss;
@@ -702,9 +727,11 @@ function applyProgress(event) {
 const STATUS_TEXT = {
   queued: (job) => {
     const position = job.queue_position;
-    if (position === 1) return "Waiting in the queue: next in line.";
-    if (position) return `Waiting in the queue: ${ordinal(position)} in line.`;
-    return "Waiting for a painter to pick it up…";
+    let text = "Waiting for a painter to pick it up…";
+    if (position === 1) text = "Waiting in the queue: next in line.";
+    else if (position) text = `Waiting in the queue: ${ordinal(position)} in line.`;
+    if (page.stall) text += ` No painter is running right now (${page.stall.replace(/\.$/, "")}); it starts when one does.`;
+    return text;
   },
   running: () => "Painting…",
   succeeded: (job) => (job.run_s ? `Finished in ${formatDuration(job.run_s)}.` : "Finished."),

@@ -58,6 +58,16 @@ def keyed_url(browser_stack: Stack) -> str:
 
 
 @pytest.fixture(scope="session")
+def workerless_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An API on a Redis that no worker serves: its jobs stay queued."""
+    stack = Stack(tmp_path_factory.mktemp("workerless-stack"))
+    try:
+        yield stack.start_api()
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian's chromium package)")

@@ -351,3 +351,24 @@ def test_api_key(browser: Browser, keyed_url: str, shot: Shot) -> None:
     finally:
         page.context.close()
     assert not errors, errors
+
+
+def test_queued_without_worker(browser: Browser, workerless_url: str, shot: Shot) -> None:
+    """A job that cannot start is not a silent stall: the page says no worker is alive; cancel still works."""
+    errors: list[str] = []
+    page = open_page(browser, workerless_url, errors)
+    try:
+        fill_job(page, "a red circle on a blue background", size=64, iterations=20)
+        job_id = submit(page)
+        expect(page.locator("#job-status")).to_contain_text("next in line")
+        expect(page.locator("#progress-eta")).to_have_text("1st in the queue")
+        expect(page.locator("#job-status")).to_contain_text("No painter is running right now", timeout=20_000)
+        expect(page.locator("#job-status")).to_contain_text("no worker is alive")
+        shot(page, "stalled")
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        assert wait_finished(page, 10_000) == "canceled"
+        expect(page.locator("#job-status")).to_have_text("Canceled at iteration 0 of 20.")
+        assert job_view(workerless_url, job_id)["status"] == "canceled"
+    finally:
+        page.context.close()
+    assert not errors, errors
