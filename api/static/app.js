@@ -163,7 +163,7 @@ function formatAgo(epochSeconds) {
 function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} kB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  return `${Number((bytes / 1024 / 1024).toFixed(1))} MB`;
 }
 
 function ordinal(n) {
@@ -733,7 +733,7 @@ const STATUS_TEXT = {
     if (page.stall) text += ` No painter is running right now (${page.stall.replace(/\.$/, "")}); it starts when one does.`;
     return text;
   },
-  running: () => "Painting…",
+  running: (job) => (job.iteration ? "Painting: the picture sharpens as it goes." : "Starting to paint…"),
   succeeded: (job) => (job.run_s ? `Finished in ${formatDuration(job.run_s)}.` : "Finished."),
   failed: () => "The painting failed.",
   canceled: (job) => `Canceled at iteration ${job.iteration} of ${job.iterations}.`,
