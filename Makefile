@@ -41,6 +41,12 @@ test: install system-deps
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+test-integration: install system-deps
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-browser: install system-deps
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
