@@ -243,7 +243,9 @@ def sample(seed: int, index: int, size: int = 64) -> Sample:
         raise ValueError(f"pictures are at least 64x64, not {size}")
     rng = _rng(seed, index)
     scene = sample_scene(rng)
-    return Sample(image=render(scene, size), caption=caption(scene, rng), full_caption=caption(scene), scene=scene)
+    return Sample(
+        image=render(scene, size), caption=caption(scene, rng), full_caption=caption(scene), scene=scene
+    )
 
 
 def scenes(seed: int, indices: Sequence[int]) -> list[Scene]:

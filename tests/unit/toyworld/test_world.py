@@ -109,7 +109,11 @@ def test_shapes_are_where_their_captions_say(position: str, check, samples: list
 def test_small_shapes_are_smaller_than_large_ones() -> None:
     def area(size: str, shape: str) -> int:
         scene = Scene(
-            kind="shape", colours=("red", "blue"), rgb=(PALETTE["red"], PALETTE["blue"]), shapes=(shape,), size=size
+            kind="shape",
+            colours=("red", "blue"),
+            rgb=(PALETTE["red"], PALETTE["blue"]),
+            shapes=(shape,),
+            size=size,
         )
         return int(_close(world.render(scene), PALETTE["red"]).sum())
 
@@ -158,8 +162,33 @@ def test_captions_use_only_the_grammar_words(samples: list[world.Sample]) -> Non
     words = (
         set(PALETTE)
         | set(world.SHAPES)
-        | {"small", "large", "a", "an", "and", "on", "in", "at", "the", "of", "picture", "plain", "background"}
-        | {"left", "right", "top", "bottom", "middle", "stripes", "horizontal", "vertical", "checkerboard", "dots"}
+        | {
+            "small",
+            "large",
+            "a",
+            "an",
+            "and",
+            "on",
+            "in",
+            "at",
+            "the",
+            "of",
+            "picture",
+            "plain",
+            "background",
+        }
+        | {
+            "left",
+            "right",
+            "top",
+            "bottom",
+            "middle",
+            "stripes",
+            "horizontal",
+            "vertical",
+            "checkerboard",
+            "dots",
+        }
     )
     for s in samples:
         assert set(s.caption.split()) <= words, s.caption

@@ -1,0 +1,113 @@
+"""Pieces of the toyworld training: text shortcut, augmentation, losses, quantiser, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.models import build_clip, import_clip, load_clip, load_vqgan, sha256_file
+from worker.toyworld import spec, world
+from worker.toyworld.data import distinct_caption_set, render_set
+from worker.toyworld.train_clip import (
+    ClipTraining,
+    Tokens,
+    augment,
+    contrastive_loss,
+    encode_text_short,
+    shippable_state,
+)
+from worker.toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
+
+SMALL_CLIP = {**spec.CLIP_CONFIG, "vision_layers": 1, "transformer_layers": 1, "vision_width": 64}
+
+
+@torch.no_grad()
+def test_short_text_encoding_equals_clips_own() -> None:
+    torch.manual_seed(0)
+    model = build_clip(SMALL_CLIP).float().eval()
+    tokens = import_clip().tokenize(["a red circle", "a small green square on the left on a blue background"])
+    torch.testing.assert_close(
+        encode_text_short(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_augmentation_never_mirrors_left_and_right() -> None:
+    pictures = torch.zeros(64, 3, 64, 64)
+    pictures[..., :32] = 1.0  # light on the left
+    views = augment(pictures, ClipTraining(noise=0.0), torch.Generator().manual_seed(0))
+    assert (views[..., :24].mean((1, 2, 3)) > views[..., 40:].mean((1, 2, 3)) + 0.5).all()
+
+
+def test_augmentation_changes_the_views() -> None:
+    pictures = torch.from_numpy(world.sample(0, 1).image).permute(2, 0, 1)[None].float().div(255)
+    views = augment(pictures.expand(4, -1, -1, -1), ClipTraining(), torch.Generator().manual_seed(0))
+    assert views.shape == (4, 3, 64, 64)
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_contrastive_loss_prefers_matching_pairs_and_shares_duplicates() -> None:
+    features = torch.eye(4)
+    scale = torch.tensor(2.0)
+    same = torch.eye(4)
+    assert contrastive_loss(features, features, scale, same) < contrastive_loss(
+        features, features.roll(1, 0), scale, same
+    )
+    # Two pictures with one caption: both texts are right for both, so swapping them costs nothing.
+    same[0, 1] = same[1, 0] = 1
+    swapped = features[[1, 0, 2, 3]]
+    torch.testing.assert_close(
+        contrastive_loss(features, swapped, scale, same), contrastive_loss(features, features, scale, same)
+    )
+
+
+def test_quantize_picks_the_nearest_code_and_passes_gradients_straight_through() -> None:
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]])
+    z = torch.tensor([[0.9, 1.2], [-1.5, 0.1]]).T.reshape(1, 2, 1, 2).requires_grad_(True)
+    z_q, indices, _ = quantize(z, codebook)
+    assert indices.tolist() == [1, 2]
+    torch.testing.assert_close(z_q.detach().reshape(2, 2).T, codebook[[1, 2]])
+    z_q.sum().backward()
+    torch.testing.assert_close(z.grad, torch.ones_like(z))
+
+
+def test_tokens_records_the_ids_used_and_unused_rows_ship_as_zero() -> None:
+    tokens = Tokens(77)
+    rows = tokens(["a red circle", "a red circle"])
+    assert rows.shape == (2, 77)
+    assert tokens.used == {int(i) for i in rows[0] if i > 0}
+    torch.manual_seed(0)
+    state = shippable_state(build_clip(SMALL_CLIP), tokens.used)
+    embedding = state["token_embedding.weight"]
+    assert embedding.dtype == torch.float16
+    assert int((embedding.abs().sum(1) > 0).sum()) == len(tokens.used)
+
+
+def test_distinct_caption_set_has_distinct_full_captions() -> None:
+    pictures, texts = distinct_caption_set(0, 30)
+    assert len(set(texts)) == 30 and pictures.images.shape == (30, 3, 64, 64)
+
+
+@pytest.mark.slow
+def test_vqgan_training_is_deterministic() -> None:
+    data = render_set(0, 0, 32)
+    settings = VqganTraining(steps=3, warmup=1, batch=4, restart_every=2)
+    a, _ = train_vqgan(data, spec.VQGAN_CONFIG, settings, progress=False)
+    b, _ = train_vqgan(data, spec.VQGAN_CONFIG, settings, progress=False)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.slow
+def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
+    from worker.toyworld.train import main
+
+    assert main(["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]) == 0
+    manifest = json.loads((tmp_path / spec.MANIFEST_FILE).read_text())
+    for name, entry in manifest["files"].items():
+        assert sha256_file(tmp_path / name) == entry["sha256"]
+    assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100
+    load_vqgan(spec.VQGAN_CONFIG, tmp_path / spec.VQGAN_FILE)
+    load_clip(tmp_path / spec.CLIP_FILE, expected=spec.CLIP_CONFIG)

@@ -1,0 +1,174 @@
+"""Train both toyworld models, save them, reload them through the preset loaders and print evaluations.
+
+    python -m worker.toyworld.train --out worker/toyworld     # reproduce the shipped files
+    python -m worker.toyworld.train --quick --out /tmp/tw      # a fast smoke run (meaningless figures)
+
+Writes toyworld_vqgan.safetensors, toyworld_clip.safetensors and manifest.json (configs, SHA-256s,
+settings, figures) into --out. Everything is drawn from --seed; the figures printed are measured on the
+files as written (fp16), loaded by worker.models.load_vqgan / load_clip like any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.models import load_clip, load_vqgan, sha256_file
+from worker.toyworld import spec
+from worker.toyworld.data import HELD_OUT_START, distinct_caption_set, render_set
+from worker.toyworld.train_clip import (
+    ClipTraining,
+    colour_accuracy,
+    evaluate_clip,
+    shippable_state,
+    train_clip,
+)
+from worker.toyworld.train_vqgan import VqganTraining, evaluate_vqgan, reconstruct, train_vqgan
+
+log = logging.getLogger(__name__)
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> str:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return sha256_file(path)
+
+
+def run(
+    out: Path,
+    seed: int,
+    train_pictures: int,
+    held_out_pictures: int,
+    vqgan_settings: VqganTraining,
+    clip_settings: ClipTraining,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, save, reload and evaluate; returns the manifest written to out/manifest.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    train_set = render_set(seed, 0, train_pictures)
+    held_out = render_set(seed, HELD_OUT_START, held_out_pictures)
+    retrieval_set, retrieval_texts = distinct_caption_set(seed, 100)
+    timings["render_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    vqgan, vqgan_stats = train_vqgan(train_set, spec.VQGAN_CONFIG, vqgan_settings, progress)
+    timings["vqgan_s"] = time.perf_counter() - started
+    vqgan_state = {k: v.detach().to(torch.float16) for k, v in vqgan.state_dict().items()}
+    vqgan_sha = _save(vqgan_state, out / spec.VQGAN_FILE)
+
+    started = time.perf_counter()
+    clip_model, tokens, clip_stats = train_clip(train_set, spec.CLIP_CONFIG, clip_settings, progress)
+    timings["clip_s"] = time.perf_counter() - started
+    clip_sha = _save(shippable_state(clip_model, tokens.used), out / spec.CLIP_FILE)
+
+    # Evaluate the files as shipped, read back through the same loaders as real checkpoints.
+    shipped_vqgan = load_vqgan(spec.VQGAN_CONFIG, out / spec.VQGAN_FILE).float().eval()
+    shipped_clip = load_clip(out / spec.CLIP_FILE, expected=spec.CLIP_CONFIG).float().eval()
+    evaluation = {
+        "vqgan_reconstruction": evaluate_vqgan(shipped_vqgan, held_out),
+        "clip_retrieval": evaluate_clip(shipped_clip, retrieval_set, retrieval_texts),
+        "clip_retrieval_on_vqgan_reconstructions": evaluate_clip(
+            shipped_clip, retrieval_set, retrieval_texts, lambda x: reconstruct(shipped_vqgan, x)
+        ),
+        "clip_plain_colours": colour_accuracy(shipped_clip),
+    }
+    manifest = {
+        "seed": seed,
+        "train_pictures": train_pictures,
+        "held_out_pictures": held_out_pictures,
+        "held_out_start_index": HELD_OUT_START,
+        "files": {
+            spec.VQGAN_FILE: {"sha256": vqgan_sha, "bytes": (out / spec.VQGAN_FILE).stat().st_size},
+            spec.CLIP_FILE: {"sha256": clip_sha, "bytes": (out / spec.CLIP_FILE).stat().st_size},
+        },
+        "vqgan_config": spec.VQGAN_CONFIG,
+        "clip_config": spec.CLIP_CONFIG,
+        "vqgan_training": vqgan_stats,
+        "clip_training": clip_stats,
+        "evaluation": evaluation,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "command": "python -m worker.toyworld.train " + " ".join(sys.argv[1:]),
+    }
+    (out / spec.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _report(manifest: dict[str, Any]) -> str:
+    ev = manifest["evaluation"]
+    rec, ret, ret_vq = (
+        ev["vqgan_reconstruction"],
+        ev["clip_retrieval"],
+        ev["clip_retrieval_on_vqgan_reconstructions"],
+    )
+    lines = [
+        f"VQGAN reconstruction on {rec['pictures']} held-out pictures: MSE {rec['mse']:.5f}, "
+        f"PSNR {rec['psnr_db']:.2f} dB, {rec['codes_used']}/{spec.VQGAN_CONFIG['n_embed']} codes used",
+        f"CLIP caption retrieval, {ret['candidates']} held-out pictures with distinct captions "
+        f"(chance {ret['chance_top1']:.0%}): image->text top-1 {ret['image_to_text_top1']:.0%}, "
+        f"top-5 {ret['image_to_text_top5']:.0%}, text->image top-1 {ret['text_to_image_top1']:.0%}",
+        f"  same, on VQGAN reconstructions: image->text top-1 {ret_vq['image_to_text_top1']:.0%}, "
+        f"top-5 {ret_vq['image_to_text_top5']:.0%}, text->image top-1 {ret_vq['text_to_image_top1']:.0%}",
+        f"CLIP plain colours (a <colour> picture, {ev['clip_plain_colours']['colours']} colours): "
+        f"{ev['clip_plain_colours']['accuracy']:.0%}",
+        f"time: {manifest['timings_s']}",
+    ]
+    lines += [f"{name}  sha256 {f['sha256']}  {f['bytes']} bytes" for name, f in manifest["files"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/toyworld"), help="folder for the files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the figures used 2)")
+    parser.add_argument("--train-pictures", type=int, default=16000)
+    parser.add_argument("--held-out-pictures", type=int, default=500)
+    parser.add_argument("--vqgan-steps", type=int, default=VqganTraining.steps)
+    parser.add_argument("--clip-steps", type=int, default=ClipTraining.steps)
+    parser.add_argument("--quick", action="store_true", help="a few steps of each: checks the pipeline only")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    torch.set_num_threads(args.threads)
+    vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
+    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps)
+    train_pictures = args.train_pictures
+    if args.quick:
+        vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)
+        clip_settings = replace(clip_settings, steps=10, warmup=2, batch=16)
+        train_pictures = min(train_pictures, 200)
+    manifest = run(
+        args.out,
+        args.seed,
+        train_pictures,
+        args.held_out_pictures,
+        vqgan_settings,
+        clip_settings,
+        progress=not args.no_progress,
+    )
+    print(_report(manifest))
+    print(f"wrote {args.out / spec.MANIFEST_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

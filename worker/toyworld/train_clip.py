@@ -1,0 +1,211 @@
+"""Train the toyworld CLIP (the clip package's own model class and BPE tokenizer) on world captions.
+
+Symmetric InfoNCE over a batch of (augmented picture, drawn caption) pairs, CLIP's learnable
+temperature. Pictures that share a caption in a batch are all positives for it (soft targets), so
+"a red picture" twice in a batch is not taught as a mismatch. Augmentations are what the engine's
+cutouts do to a whole picture (zoom, shift, rotation, noise) but never a flip: captions say left and
+right. Text features use only the first L token positions (L = longest caption + SOT/EOT): the text
+transformer is causal, so the EOT feature is the same as over all 77 positions, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from worker.models import Normalize, build_clip, import_clip
+from worker.toyworld import world
+from worker.toyworld.data import WorldSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipTraining:
+    seed: int = 0
+    steps: int = 1500
+    batch: int = 128
+    lr: float = 5e-4
+    min_lr: float = 2e-5
+    warmup: int = 100
+    weight_decay: float = 0.1  # on matrices only; embeddings, norms and biases are not decayed
+    zoom: tuple[float, float] = (0.8, 1.0)  # side of the seen window, fraction of the picture
+    shift: float = 0.1  # extra translation, fraction of the window (the engine's affine translate)
+    degrees: float = 20.0  # rotation range, either way
+    noise: float = 0.1  # Gaussian noise std drawn from U(0, noise), as the engine's cutouts
+
+
+class Tokens:
+    """clip.tokenize with a cache (captions repeat a lot) and a record of which token ids were used."""
+
+    def __init__(self, context_length: int) -> None:
+        self.context_length = context_length
+        self._cache: dict[str, torch.Tensor] = {}
+        self.used: set[int] = set()
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            rows = import_clip().tokenize(missing, context_length=self.context_length)
+            for text, row in zip(missing, rows, strict=True):
+                self._cache[text] = row
+                self.used.update(int(i) for i in row[row > 0])
+        return torch.stack([self._cache[t] for t in texts])  # (N, context_length)
+
+
+def encode_text_short(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """model.encode_text(tokens), computed over the first L positions only (L = last EOT + 1)."""
+    length = int(tokens.argmax(-1).max()) + 1  # EOT has the largest id in CLIP's vocabulary
+    tokens = tokens[:, :length]
+    mask = torch.full((length, length), float("-inf")).triu(1).to(model.positional_embedding.dtype)
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]  # (N, L, W)
+    x = x.permute(1, 0, 2)  # (L, N, W), as clip's Transformer expects
+    for block in model.transformer.resblocks:  # clip's ResidualAttentionBlock.forward with a shorter mask
+        h = block.ln_1(x)
+        x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2))  # (N, L, W)
+    return x[torch.arange(x.shape[0]), tokens.argmax(-1)] @ model.text_projection  # (N, D)
+
+
+def augment(pixels: torch.Tensor, settings: ClipTraining, g: torch.Generator) -> torch.Tensor:
+    """Zoomed, shifted, rotated views (N, 3, S, S) of pictures (N, 3, S, S) in [0, 1], plus noise."""
+    n = pixels.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=g) * (hi - lo) + lo
+
+    scale = uniform(*settings.zoom)
+    angle = uniform(-settings.degrees, settings.degrees) * math.pi / 180
+    # Window centre: anywhere the window stays inside the picture, plus the engine's extra shift.
+    tx = (uniform(-1, 1) * (1 - scale)) + uniform(-settings.shift, settings.shift) * 2 * scale
+    ty = (uniform(-1, 1) * (1 - scale)) + uniform(-settings.shift, settings.shift) * 2 * scale
+    cos, sin = angle.cos() * scale, angle.sin() * scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    views = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    strength = torch.rand(n, 1, 1, 1, generator=g) * settings.noise
+    return views + strength * torch.randn(views.shape, generator=g)
+
+
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE; `same` (N, N) marks pairs with equal captions, all of them positives."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * image_features @ text_features.T  # (N, N)
+    targets = same / same.sum(1, keepdim=True)
+    return (
+        torch.sum(-targets * logits.log_softmax(1), 1).mean()
+        + torch.sum(-targets.T * logits.T.log_softmax(1), 1).mean()
+    ) / 2
+
+
+def _lr(step: int, settings: ClipTraining) -> float:
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def train_clip(
+    data: WorldSet, config: dict[str, Any], settings: ClipTraining, progress: bool = True
+) -> tuple[nn.Module, Tokens, dict[str, Any]]:
+    """A CLIP of `config` trained on `data` with freshly drawn captions every step."""
+    torch.manual_seed(settings.seed)  # module init
+    g = torch.Generator().manual_seed(settings.seed)
+    caption_rng = np.random.default_rng(settings.seed)
+    model = build_clip(config).float().train()
+    normalize = Normalize()
+    tokens = Tokens(config["context_length"])
+    decayed = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    kept = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": kept, "weight_decay": 0.0}],
+        lr=settings.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    bar = tqdm(range(settings.steps), desc="clip", disable=not progress, mininterval=2.0)
+    for step in bar:
+        idx = torch.randint(len(data.scenes), (settings.batch,), generator=g)
+        texts = world.captions_for([data.scenes[i] for i in idx.tolist()], caption_rng)
+        views = augment(data.floats(idx), settings, g)  # (B, 3, S, S)
+        image_features = model.encode_image(normalize(views))  # (B, D)
+        text_features = encode_text_short(model, tokens(texts))  # (B, D)
+        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
+        loss = contrastive_loss(image_features, text_features, model.logit_scale, same)
+
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, settings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    model.eval()
+    stats = {"settings": asdict(settings), "final_loss": float(loss.item()), "tokens_used": len(tokens.used)}
+    return model, tokens, stats
+
+
+def shippable_state(model: nn.Module, used_tokens: set[int]) -> dict[str, torch.Tensor]:
+    """The state dict in fp16, with the token-embedding rows no caption ever used set to zero (they
+    received no training, and zero rows compress to almost nothing in git and in wheels)."""
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    keep = torch.zeros(state["token_embedding.weight"].shape[0], dtype=torch.bool)
+    keep[sorted(used_tokens)] = True
+    state["token_embedding.weight"][~keep] = 0
+    return state
+
+
+@torch.no_grad()
+def evaluate_clip(
+    model: nn.Module,
+    held_out: WorldSet,
+    texts: Sequence[str],
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Caption retrieval among the held-out pictures' distinct full captions (chance 1/len(texts)).
+    `transform` maps pictures first (e.g. through the VQGAN, as the engine shows CLIP decoded pictures)."""
+    pixels = held_out.floats(slice(0, len(texts)))
+    if transform is not None:
+        pixels = transform(pixels)
+    image_features = F.normalize(model.encode_image(Normalize()(pixels)).float(), dim=-1)
+    tokens = import_clip().tokenize(list(texts), context_length=model.context_length)
+    text_features = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    similarity = image_features @ text_features.T  # (N, N); the diagonal is the true pairs
+    truth = torch.arange(len(texts))
+    ranks = (similarity > similarity[truth, truth][:, None]).sum(1)  # texts scored above the true one
+    ranks_t = (similarity[truth, truth][:, None] < similarity.T).sum(1)
+    return {
+        "candidates": len(texts),
+        "image_to_text_top1": float((ranks == 0).float().mean()),
+        "image_to_text_top5": float((ranks < 5).float().mean()),
+        "text_to_image_top1": float((ranks_t == 0).float().mean()),
+        "chance_top1": 1 / len(texts),
+    }
+
+
+@torch.no_grad()
+def colour_accuracy(model: nn.Module, size: int = 64) -> dict[str, Any]:
+    """Plain fills of each palette colour against the prompts "a <colour> picture": fraction right."""
+    pictures = torch.tensor(
+        [[rgb] for rgb in world.PALETTE.values()], dtype=torch.float32
+    )  # (C, 1, 3) in 0..255
+    pixels = (pictures / 255).view(-1, 3, 1, 1).expand(-1, 3, size, size)
+    image_features = F.normalize(model.encode_image(Normalize()(pixels)).float(), dim=-1)
+    prompts = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} picture" for c in world.PALETTE]
+    tokens = import_clip().tokenize(prompts, context_length=model.context_length)
+    text_features = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    right = (image_features @ text_features.T).argmax(1) == torch.arange(len(prompts))
+    return {"colours": len(prompts), "accuracy": float(right.float().mean())}
