@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     # Deliveries of one job before it is marked failed instead of tried again.
     max_attempts: int = Field(3, ge=1)
 
+    # --- results (final pictures and time-lapses; they outlive Redis) ------------------------------
+    result_store: Literal["directory", "s3"] = "directory"
+    results_dir: Path = Path.home() / ".cache" / "artgen" / "results"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # None = AWS; MinIO or another S3-compatible server otherwise
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None  # None = boto3's own chain (env, profile, instance role)
+    s3_secret_access_key: SecretStr | None = None
+
     # --- ops -------------------------------------------------------------------------------------
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_user: str | None = None
@@ -110,6 +119,14 @@ class Settings(BaseSettings):
             raise ValueError("hard_time_limit_s must be greater than soft_time_limit_s")
         if self.default_size > self.max_size or self.default_size % 16:
             raise ValueError("default_size must be a multiple of 16 and at most max_size")
+        return self
+
+    @model_validator(mode="after")
+    def _check_result_store(self) -> Settings:
+        if self.result_store == "s3" and not self.s3_bucket:
+            raise ValueError("ARTGEN_RESULT_STORE=s3 needs ARTGEN_S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both ARTGEN_S3_ACCESS_KEY_ID and ARTGEN_S3_SECRET_ACCESS_KEY, or neither")
         return self
 
     @property
