@@ -15,7 +15,7 @@ _COMMANDS = {
     "up": "worker.stack:up",
     "api": "api.cli:api",
     "worker": "worker.main:worker",
-    "flower": "shared.stack:flower",
+    "flower": "shared.flower:flower",
 }
 _HELP = {
     "generate": "Paint one picture in this process, with a progress bar.",
