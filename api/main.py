@@ -26,6 +26,7 @@ from api.schemas import MAX_IMAGE_PROMPTS
 from api.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings, get_settings
+from shared.storage import ResultStore, make_store
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,14 @@ def make_redis(settings: Settings) -> Redis:
 
 
 def create_app(
-    settings: Settings | None = None, enqueuer: Enqueuer | None = None, redis_client: Redis | None = None
+    settings: Settings | None = None,
+    enqueuer: Enqueuer | None = None,
+    redis_client: Redis | None = None,
+    result_store: ResultStore | None = None,
 ) -> FastAPI:
-    """The app; tests pass their own settings, a recording enqueuer and a fakeredis client."""
+    """The app; tests pass their own settings, a recording enqueuer, a fakeredis client and a store."""
     settings = settings or get_settings()
+    results = result_store if result_store is not None else make_store(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +68,7 @@ def create_app(
         queue = enqueuer if enqueuer is not None else CeleryEnqueuer(settings)
         app.state.redis = client
         app.state.enqueuer = queue
-        app.state.store = JobStore(client, Keys(settings.redis_prefix), settings)
+        app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from redis.asyncio import Redis
 
 from api.schemas import JobLinks, JobView
@@ -15,6 +16,7 @@ from shared.jobs import EVENTS_MAXLEN, MODEL_NOTES, EventType, JobParams, JobRec
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.stats import record_finished
+from shared.storage import ResultStore
 from shared.transitions import CANCEL_IF_QUEUED
 
 
@@ -79,11 +81,21 @@ class JobStore:
     redis: Redis
     keys: Keys
     settings: Settings
+    results: ResultStore  # durable copies of results and time-lapses, beyond Redis
 
     async def blob(self, key: str) -> bytes | None:
         """A stored picture (frame, result, upload), or None."""
         value: Any = await self.redis.get(key)
         return bytes(value) if value is not None else None
+
+    async def durable(self, redis_key: str, store_key: str) -> bytes | None:
+        """From Redis while it has it, else from the result store (after a Redis restart or expiry)."""
+        cached = await self.blob(redis_key)
+        if cached is not None:
+            return cached
+        # boto3 and disk reads block: off the event loop.
+        data: bytes | None = await anyio.to_thread.run_sync(self.results.get, store_key)
+        return data
 
     async def record(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
+from shared.images import timelapse_webp
 from shared.jobs import EventType, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
 from shared.stats import record_finished
+from shared.storage import ResultStore, result_key, timelapse_key
 from shared.transitions import FINISH_IF_RUNNING, REQUEUE_IF_RUNNING, START_IF_RUNNABLE
 from worker.progress import JobLock, ProgressReporter, publish_event
 
@@ -43,7 +45,12 @@ Requeue = Callable[[str, str], None]
 
 
 def run_job(
-    client: redis.Redis, settings: Settings, job_id: str, worker_name: str, requeue: Requeue
+    client: redis.Redis,
+    settings: Settings,
+    job_id: str,
+    worker_name: str,
+    requeue: Requeue,
+    store: ResultStore,
 ) -> JobState | None:
     """Run a queued job (or resume one whose worker died); returns its state afterwards, None if unknown."""
     keys = Keys(settings.redis_prefix)
@@ -72,7 +79,7 @@ def run_job(
         pipe.sadd(keys.running(), job_id)
         pipe.execute()
         try:
-            state = _paint(client, keys, settings, record, worker_name)
+            state = _paint(client, keys, settings, record, worker_name, store)
             error = None
         except _HandedBack:
             return _hand_back(client, keys, record, requeue)
@@ -83,12 +90,17 @@ def run_job(
         except Exception as exc:  # any engine bug: the job ends failed with a reason, the worker lives on
             log.exception("job %s failed", job_id)
             state, error = JobState.FAILED, f"internal error ({type(exc).__name__}): {exc}"
-        return _finish(client, keys, settings, job_id, state, error)
+        final = _finish(client, keys, settings, job_id, state, error)
     finally:
         lock.release()
+    if final is JobState.SUCCEEDED:
+        _store_timelapse(client, keys, settings, job_id, store)
+    return final
 
 
-def _paint(client: redis.Redis, keys: Keys, settings: Settings, record: JobRecord, worker: str) -> JobState:
+def _paint(
+    client: redis.Redis, keys: Keys, settings: Settings, record: JobRecord, worker: str, store: ResultStore
+) -> JobState:
     from worker.engine import GenerationConfig, Painter, png_bytes
     from worker.models import ChecksumMismatch, ModelsMissing, get_models
 
@@ -146,8 +158,26 @@ def _paint(client: redis.Redis, keys: Keys, settings: Settings, record: JobRecor
         "size": f"{record.width}x{record.height}",
         "job_id": job_id,
     }
-    client.set(keys.result(job_id), png_bytes(painter.image(), metadata), ex=settings.job_ttl_s)
+    result = png_bytes(painter.image(), metadata)
+    # The durable copy first: a job is only `succeeded` once its picture outlives Redis.
+    store.put(result_key(job_id), result, "image/png")
+    client.set(keys.result(job_id), result, ex=settings.job_ttl_s)
     return JobState.SUCCEEDED
+
+
+def _store_timelapse(
+    client: redis.Redis, keys: Keys, settings: Settings, job_id: str, store: ResultStore
+) -> None:
+    """Keep the time-lapse with the result (after the job is announced: clients need not wait for it)."""
+    frames = client.lrange(keys.frames(job_id), 0, -1)
+    if not frames:
+        return
+    try:
+        webp = timelapse_webp(frames)
+        store.put(timelapse_key(job_id), webp, "image/webp")
+        client.set(keys.timelapse(job_id), webp, ex=settings.job_ttl_s)
+    except Exception:  # the picture is safe; a missing time-lapse is rebuilt from frames on request
+        log.exception("storing the time-lapse of job %s failed", job_id)
 
 
 def _stored_image(client: redis.Redis, key: str) -> Image.Image:

@@ -10,6 +10,7 @@ import redis
 
 from shared.jobs import TASK_GENERATE
 from shared.settings import get_settings
+from shared.storage import ResultStore, make_store
 from worker.celery_app import app, resilient_redis, served_models
 from worker.runner import run_job
 
@@ -22,6 +23,12 @@ def _redis() -> redis.Redis:
     return resilient_redis(get_settings().redis_url)
 
 
+@lru_cache
+def _store() -> ResultStore:
+    """Where finished pictures and time-lapses are kept beyond Redis (a directory or a bucket)."""
+    return make_store(get_settings())
+
+
 @app.task(name=TASK_GENERATE, bind=True)
 def generate_image(self: Any, job_id: str) -> str | None:
     """Paint one job; the job record, not Celery's result, carries the outcome."""
@@ -29,7 +36,7 @@ def generate_image(self: Any, job_id: str) -> str | None:
     def requeue(job: str, queue: str) -> None:
         app.send_task(TASK_GENERATE, args=[job], queue=queue)
 
-    state = run_job(_redis(), get_settings(), job_id, self.request.hostname or "worker", requeue)
+    state = run_job(_redis(), get_settings(), job_id, self.request.hostname or "worker", requeue, _store())
     return state.value if state is not None else None
 
 

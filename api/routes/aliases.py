@@ -18,6 +18,7 @@ from api.uploads import png_to_jpeg
 from api.validation import from_pydantic
 from shared.jobs import JobRecord, JobState
 from shared.settings import Settings
+from shared.storage import result_key
 
 router = APIRouter(prefix="/v1", tags=["original API"])
 
@@ -99,7 +100,7 @@ async def _final_picture(
         raise HTTPException(502, detail=f"worker failed: {final.error}", headers=headers)
     if final.state is JobState.CANCELED:
         raise HTTPException(409, detail=f"job {record.id} was canceled", headers=headers)
-    png = await store.blob(store.keys.result(record.id))
+    png = await store.durable(store.keys.result(record.id), result_key(record.id))
     if png is None:
         raise HTTPException(
             502, detail=f"job {record.id} succeeded but its result is missing", headers=headers
@@ -171,7 +172,7 @@ async def progress_image(store: StoreDep, owner: OwnerDep, job_id: JobIdQuery = 
     record = await _job_for(store, owner, job_id)
     png = await store.blob(store.keys.frame(record.id))
     if png is None and record.state is JobState.SUCCEEDED:
-        png = await store.blob(store.keys.result(record.id))
+        png = await store.durable(store.keys.result(record.id), result_key(record.id))
     if png is None:
         raise HTTPException(404, detail="no frame yet", headers={"X-Job-Id": record.id})
     jpeg = await anyio.to_thread.run_sync(png_to_jpeg, png)

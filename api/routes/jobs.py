@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -13,7 +12,6 @@ import anyio.to_thread
 import redis.exceptions
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -23,8 +21,10 @@ from api.schemas import MAX_IMAGE_PROMPTS, Detail, JobCreate, JobList, JobView
 from api.store import JobStore, sse, view_of
 from api.submission import Uploads, base64_uploads, submit_job
 from api.validation import from_pydantic, invalid
+from shared.images import timelapse_webp
 from shared.jobs import EventType, JobRecord, JobState
 from shared.settings import Settings
+from shared.storage import result_key, timelapse_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -242,7 +242,7 @@ async def read_result(record: JobDep, store: StoreDep) -> Response:
         raise HTTPException(
             409, detail=f"job is {record.state.value}; the result exists once it has succeeded"
         )
-    result = await store.blob(store.keys.result(record.id))
+    result = await store.durable(store.keys.result(record.id), result_key(record.id))
     if result is None:
         raise HTTPException(404, detail="the result has expired")
     return Response(result, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -259,7 +259,7 @@ async def read_result(record: JobDep, store: StoreDep) -> Response:
 async def read_timelapse(record: JobDep, store: StoreDep) -> Response:
     """The job's preview frames (at most `timelapse_max_frames`, spread over the run) as animated WebP."""
     key = store.keys.timelapse(record.id)
-    cached = await store.blob(key) if record.state.terminal else None
+    cached = await store.durable(key, timelapse_key(record.id)) if record.state.terminal else None
     if cached is None:
         frames = [
             f for f in await store.redis.lrange(store.keys.frames(record.id), 0, -1) if isinstance(f, bytes)
@@ -277,23 +277,6 @@ async def read_timelapse(record: JobDep, store: StoreDep) -> Response:
         media_type="image/webp",
         headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "no-cache"},
     )
-
-
-def timelapse_webp(frames: list[bytes], frame_ms: int = 120, hold_last_ms: int = 1500) -> bytes:
-    """Animated, lossless WebP of PNG frames; the last frame is held so the finished picture is seen."""
-    images = [Image.open(io.BytesIO(frame)).convert("RGB") for frame in frames]
-    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
-    buffer = io.BytesIO()
-    images[0].save(
-        buffer,
-        format="WEBP",
-        save_all=True,
-        append_images=images[1:],
-        duration=durations,
-        loop=0,
-        lossless=True,
-    )
-    return buffer.getvalue()
 
 
 @router.post(

@@ -243,3 +243,20 @@ def test_events_stream_progress_then_finished(http: httpx.Client, api_url: str) 
 def test_readyz_sees_redis_and_worker(http: httpx.Client) -> None:
     assert http.get("/healthz").status_code == 200
     assert http.get("/readyz").status_code == 200
+
+
+def test_results_outlive_redis(http: httpx.Client, stack: Any) -> None:
+    job = submit(http, iterations=6)
+    assert wait_until(http, job["id"], TERMINAL)["status"] == "succeeded"
+    picture = http.get(f"/v1/jobs/{job['id']}/result").content
+    wait_for = time.monotonic() + 30
+    while not (stack.root / "results" / job["id"] / "timelapse.webp").exists():  # written after `finished`
+        assert time.monotonic() < wait_for
+        time.sleep(0.05)
+    # Redis loses its copies (expiry, eviction, a restart without AOF): the durable store still has them.
+    for key in ("result", "timelapse"):
+        stack.client.delete(f"{stack.prefix}:job:{job['id']}:{key}")
+    assert http.get(f"/v1/jobs/{job['id']}/result").content == picture
+    timelapse = http.get(f"/v1/jobs/{job['id']}/timelapse")
+    assert timelapse.status_code == 200 and timelapse.headers["content-type"] == "image/webp"
+    assert (stack.root / "results" / job["id"] / "result.png").read_bytes() == picture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from shared.keys import Keys
+from shared.storage import DirectoryStore
 from tests.unit.api.support import PREFIX, FakeWorker, RecordingEnqueuer, make_settings
 
 
@@ -40,8 +42,13 @@ def enqueuer() -> RecordingEnqueuer:
 
 
 @pytest.fixture
+def results(tmp_path: Path) -> DirectoryStore:
+    return DirectoryStore(tmp_path / "results")
+
+
+@pytest.fixture
 def make_client(
-    server: fakeredis.FakeServer, enqueuer: RecordingEnqueuer
+    server: fakeredis.FakeServer, enqueuer: RecordingEnqueuer, results: DirectoryStore
 ) -> Iterator[Callable[..., TestClient]]:
     """Factory: a TestClient (lifespan running) on an app built with these setting overrides."""
     clients: list[TestClient] = []
@@ -51,6 +58,7 @@ def make_client(
             make_settings(**overrides),
             enqueuer=enqueuer,
             redis_client=fakeredis.FakeAsyncRedis(server=server),
+            result_store=results,
         )
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()

@@ -15,6 +15,7 @@ from PIL import Image
 from shared.jobs import JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.storage import DirectoryStore, result_key, timelapse_key
 from shared.transitions import CANCEL_IF_QUEUED
 from worker.runner import run_job
 
@@ -50,6 +51,11 @@ def requeued() -> Requeued:
     return Requeued()
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> DirectoryStore:
+    return DirectoryStore(tmp_path / "results")
+
+
 def queue_job(client: fakeredis.FakeRedis, **fields: object) -> JobRecord:
     params: dict[str, object] = {
         "id": f"job{time.monotonic_ns()}",
@@ -80,9 +86,11 @@ def events(client: fakeredis.FakeRedis, job_id: str) -> list[tuple[str, dict[str
     ]
 
 
-def test_a_job_runs_to_the_end(client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued) -> None:
+def test_a_job_runs_to_the_end(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
     record = queue_job(client)
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.SUCCEEDED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.SUCCEEDED
 
     final = read(client, record.id)
     assert final.state is JobState.SUCCEEDED and final.iteration == 8 and final.worker == "w1"
@@ -92,6 +100,11 @@ def test_a_job_runs_to_the_end(client: fakeredis.FakeRedis, settings: Settings, 
     assert not client.exists(KEYS.lock(record.id)) and not client.exists(KEYS.checkpoint(record.id))
     result = Image.open(io.BytesIO(client.get(KEYS.result(record.id))))
     assert result.size == (32, 32) and result.text["seed"] == "11"
+    # The durable copies: the same picture, and the time-lapse of the kept frames.
+    assert store.get(result_key(record.id)) == client.get(KEYS.result(record.id))
+    timelapse = Image.open(io.BytesIO(store.get(timelapse_key(record.id)) or b""))
+    # (WebP merges identical neighbours: early frames often are, until a latent crosses a code boundary)
+    assert timelapse.format == "WEBP" and 1 <= timelapse.n_frames <= client.llen(KEYS.frames(record.id))
 
     stream = events(client, record.id)
     progress = [data["iteration"] for kind, data in stream if kind == "progress"]
@@ -103,23 +116,23 @@ def test_a_job_runs_to_the_end(client: fakeredis.FakeRedis, settings: Settings, 
 
 
 def test_a_job_canceled_while_queued_never_starts(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     record = queue_job(client)
     assert client.eval(CANCEL_IF_QUEUED, 1, KEYS.job(record.id), time.time()) == 1
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.CANCELED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.CANCELED
     final = read(client, record.id)
     assert final.started_at is None and final.iteration == 0 and final.attempts == 0
 
 
 def test_the_cancel_flag_stops_a_running_job(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     record = queue_job(client, iterations=50)
     client.set(KEYS.cancel(record.id), "1")
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.CANCELED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.CANCELED
     assert read(client, record.id).iteration < 50
-    assert not client.exists(KEYS.result(record.id))
+    assert not client.exists(KEYS.result(record.id)) and not store.exists(result_key(record.id))
 
 
 def test_a_job_held_by_another_worker_is_not_run_twice(
@@ -127,7 +140,7 @@ def test_a_job_held_by_another_worker_is_not_run_twice(
 ) -> None:
     record = queue_job(client)
     client.set(KEYS.lock(record.id), "other-worker", ex=30)
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.RUNNING
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.RUNNING
     assert read(client, record.id).state is JobState.QUEUED
     assert client.get(KEYS.lock(record.id)) == b"other-worker"
 
@@ -136,26 +149,26 @@ def test_a_job_that_keeps_killing_workers_ends_failed(
     client: fakeredis.FakeRedis, settings: Settings
 ) -> None:
     record = queue_job(client, attempts=settings.max_attempts, state="running")
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.FAILED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.FAILED
     assert "gave up after 3 attempts" in (read(client, record.id).error or "")
 
 
 def test_a_missing_model_fails_with_how_to_get_it(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     record = queue_job(client, model="imagenet-16384")
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.FAILED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.FAILED
     assert "artgen models pull imagenet-16384" in (read(client, record.id).error or "")
 
 
 def test_resuming_from_a_checkpoint_gives_the_same_picture(
-    client: fakeredis.FakeRedis, settings: Settings
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     from worker.engine import GenerationConfig, Painter
     from worker.models import get_models
 
     whole = queue_job(client, seed=5)
-    run_job(client, settings, whole.id, "w1", requeued)
+    run_job(client, settings, whole.id, "w1", requeued, store)
 
     # A job whose first worker died after iteration 4: its record says running, its checkpoint is there.
     resumed = queue_job(client, seed=5, state="running", attempts=1, iteration=4)
@@ -169,7 +182,7 @@ def test_resuming_from_a_checkpoint_gives_the_same_picture(
     torch.save(painter.state_dict(), buffer)
     client.set(KEYS.checkpoint(resumed.id), buffer.getvalue())
 
-    assert run_job(client, settings, resumed.id, "w2", requeued) is JobState.SUCCEEDED
+    assert run_job(client, settings, resumed.id, "w2", requeued, store) is JobState.SUCCEEDED
     final = read(client, resumed.id)
     assert final.resumed_from == 4 and final.attempts == 2 and final.iteration == 8
     progress = [data["iteration"] for kind, data in events(client, resumed.id) if kind == "progress"]
@@ -179,11 +192,11 @@ def test_resuming_from_a_checkpoint_gives_the_same_picture(
 
 
 def test_a_shutting_down_worker_hands_its_job_back(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     record = queue_job(client, iterations=8)
     client.set(KEYS.shutdown("w1"), "1")
-    assert run_job(client, settings, record.id, "w1", requeued) is JobState.QUEUED
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.QUEUED
     back = read(client, record.id)
     assert back.state is JobState.QUEUED and back.attempts == 1
     assert requeued == [(record.id, queue_for("tiny"))]
@@ -191,12 +204,12 @@ def test_a_shutting_down_worker_hands_its_job_back(
     assert client.zscore(KEYS.queued(queue_for("tiny")), record.id) is not None
 
     # Another worker picks it up and finishes it from the checkpoint.
-    assert run_job(client, settings, record.id, "w2", requeued) is JobState.SUCCEEDED
+    assert run_job(client, settings, record.id, "w2", requeued, store) is JobState.SUCCEEDED
     assert read(client, record.id).iteration == 8
 
 
 def test_orphaned_jobs_are_queued_again_once(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
     from worker.celery_app import reap_orphans
 
