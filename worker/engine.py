@@ -305,7 +305,7 @@ class StepInfo:
     losses: list[float]  # one per prompt term: text prompts in order, then image prompts
     its: float  # iterations per second, smoothed
     elapsed: float  # seconds since the loop started
-    image: Callable[[], Image.Image]  # decodes this step's latent, only when the caller wants a frame
+    image: Callable[[], Image.Image]  # the picture this step scored (before its update), as PIL on demand
     init_loss: float | None = None  # the init-image term, when init_weight is set
 
 
@@ -482,7 +482,8 @@ class Painter:
         now = time.perf_counter()
         dt = now - started
         self._ema_dt = dt if self._ema_dt is None else 0.8 * self._ema_dt + 0.2 * dt
-        z_now = self.z.detach().clone()  # so that info.image() shows this step even if called later
+        # The picture this step scored, already decoded: previews cost no extra decoder pass.
+        shown = out.detach()
         return StepInfo(
             iteration=self.iteration,
             total=self.config.iterations,
@@ -490,7 +491,7 @@ class Painter:
             losses=values[1 : 1 + terms.shape[0]],
             its=1.0 / self._ema_dt if self._ema_dt > 0 else float("inf"),
             elapsed=now - self._start,
-            image=lambda: self._decode(z_now),
+            image=lambda: _to_pil(shown),
             init_loss=values[-1] if init_term is not None else None,
         )
 
