@@ -26,7 +26,9 @@ def render_set(seed: int, start: int, count: int, size: int = 64) -> WorldSet:
     """Pictures start .. start+count-1 of the world drawn from `seed`."""
     scenes = world.scenes(seed, range(start, start + count))
     pixels = world.render_all(scenes, size)  # (N, S, S, 3)
-    return WorldSet(images=torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))), scenes=scenes)
+    return WorldSet(
+        images=torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))), scenes=scenes
+    )
 
 
 def distinct_caption_set(seed: int, count: int, size: int = 64) -> tuple[WorldSet, list[str]]:
