@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1)
     # Latent + optimiser state saved this often, so a job redelivered after a crash resumes from there.
     checkpoint_every: int = Field(25, ge=1)
+    # Engine speed-ups (worker.runtime.EngineOptions); "auto" = the fast choice for the device, and
+    # each can be switched off for comparison (docs in BENCHMARKS.md, "Speed").
+    engine_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    engine_channels_last: Literal["auto", "on", "off"] = "auto"
+    engine_fast_clip: bool = True
+    engine_weight_cache: bool = True
+    engine_compile: Literal["auto", "on", "off"] = "auto"
+    engine_cudnn_benchmark: bool = True
+    # Jobs of one model and size a worker paints together (engine BatchPainter); 1 = one at a time.
+    engine_batch_size: int = Field(1, ge=1, le=64)
     # A running job's lock expires this long after its worker stops refreshing it (crash detection).
     lock_ttl_s: int = Field(30, ge=5)
     # Deliveries of one job before it is marked failed instead of tried again.

@@ -8,6 +8,8 @@ per iteration through `on_step` and cancels through `should_cancel`.
 Every random draw comes from one torch.Generator per Painter, seeded from the job's seed, so two
 Painters in one process never disturb each other and a seed reproduces a picture byte for byte on CPU.
 The only host-device synchronisation per step is the loss readout at the end of `Painter.step`.
+How the networks run (precision, cached weights, compilation) is `worker.runtime`'s business; a
+`BatchPainter` steps several Painters of the same model and size through one decoder and one CLIP pass.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
 from shared.prompts import PromptSpec, parse_prompts
+from worker.runtime import EngineOptions, EngineRuntime, engine_runtime
 
 if TYPE_CHECKING:
     from worker.models import LoadedModels
@@ -100,9 +103,16 @@ class ClampWithGrad(torch.autograd.Function):
 clamp_with_grad = ClampWithGrad.apply
 
 
-def vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Snap each vector of x (..., C) to its nearest codebook row (K, C); gradient flows to x unchanged."""
-    d = x.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * x @ codebook.T  # (..., K)
+def vector_quantize(
+    x: torch.Tensor, codebook: torch.Tensor, codebook_sq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Snap each vector of x (..., C) to its nearest codebook row (K, C); gradient flows to x unchanged.
+
+    `codebook_sq` (K,) is ||row||^2, constant for a frozen codebook: pass it to skip recomputing it.
+    """
+    if codebook_sq is None:
+        codebook_sq = codebook.pow(2).sum(1)
+    d = x.pow(2).sum(-1, keepdim=True) + codebook_sq - 2 * x @ codebook.T  # (..., K)
     indices = d.argmin(-1)  # (...)
     x_q = F.embedding(indices, codebook)  # (..., C)
     return replace_grad(x_q, x)
@@ -365,9 +375,12 @@ def validate_config(config: GenerationConfig, factor: int = 16) -> list[PromptSp
 class Painter:
     """One picture being painted: the latent, its optimiser, the prompts' embeddings, the generator."""
 
-    def __init__(self, models: LoadedModels, config: GenerationConfig) -> None:
+    def __init__(
+        self, models: LoadedModels, config: GenerationConfig, options: EngineOptions | None = None
+    ) -> None:
         self.models, self.config = models, config
         self.device = models.device
+        self.runtime: EngineRuntime = engine_runtime(models, options)
         vqgan = models.vqgan
         text_specs = validate_config(config, vqgan.factor)
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
@@ -416,7 +429,7 @@ class Painter:
                 batch = self.make_cutouts(
                     _to_tensor(picture, config.width, config.height, self.device), self.generator
                 )
-                embeds.append(models.clip.encode_image(models.normalize(batch)).float())  # (cutn, D)
+                embeds.append(self.runtime.encode_image(batch))  # (cutn, D)
         specs = text_specs + [PromptSpec(text=f"<image {i + 1}>") for i in range(len(config.image_prompts))]
         self.prompts = PromptBank(embeds, specs)
 
@@ -425,6 +438,10 @@ class Painter:
         self._start: float | None = None
         self._ema_dt: float | None = None
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.config.width, self.config.height
+
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (1, 3, H, W) in [0, 1] to quantised latent codes (1, C, H/f, W/f)."""
         vqgan = self.models.vqgan
@@ -432,10 +449,10 @@ class Painter:
         return vector_quantize(h.movedim(1, 3), vqgan.codebook).movedim(3, 1)
 
     def synth(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (1, C, h, w) to a picture (1, 3, 16h, 16w) in [0, 1], differentiable in z."""
+        """Latents (N, C, h, w) to pictures (N, 3, 16h, 16w) in [0, 1], differentiable in z."""
         vqgan = self.models.vqgan
-        z_q = vector_quantize(z.movedim(1, 3), vqgan.codebook).movedim(3, 1)  # straight-through
-        out = vqgan.decoder(vqgan.post_quant_conv(z_q))  # (1, 3, H, W) in about [-1, 1]
+        z_q = vector_quantize(z.movedim(1, 3), vqgan.codebook, self.runtime.codebook_sq).movedim(3, 1)
+        out = self.runtime.decode(z_q)  # (N, 3, H, W) in about [-1, 1]; straight-through above
         return clamp_with_grad(out.add(1).div(2), 0.0, 1.0)
 
     def _decode(self, z: torch.Tensor) -> Image.Image:
@@ -448,52 +465,7 @@ class Painter:
 
     def step(self) -> StepInfo:
         """One optimisation step; returns its losses (the one CPU-GPU sync) and a lazy picture."""
-        started = time.perf_counter()
-        if self._start is None:
-            self._start = started
-        models = self.models
-
-        # --- forward: latent -> picture -> cutouts -> CLIP embeddings
-        out = self.synth(self.z)  # (1, 3, H, W)
-        cutouts = self.make_cutouts(out, self.generator)  # (cutn, 3, S, S)
-        image_embeds = models.clip.encode_image(models.normalize(cutouts)).float()  # (cutn, D)
-
-        # --- losses: one term per prompt, plus the pull towards the init picture's latent
-        terms = self.prompts.losses(image_embeds)  # (P,)
-        total = terms.sum()
-        init_term = None
-        if self.z_init is not None:
-            init_term = F.mse_loss(self.z, self.z_init) * self.config.init_weight / 2
-            total = total + init_term
-
-        # --- optimise, then keep z inside the codebook's range
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        with torch.no_grad():
-            self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))
-        self.iteration += 1
-
-        # --- readout. SYNC POINT: the only host-device transfer of the step.
-        readout = [total.detach()[None], terms.detach()] + (
-            [init_term.detach()[None]] if init_term is not None else []
-        )
-        values = torch.cat(readout).tolist()
-        now = time.perf_counter()
-        dt = now - started
-        self._ema_dt = dt if self._ema_dt is None else 0.8 * self._ema_dt + 0.2 * dt
-        # The picture this step scored, already decoded: previews cost no extra decoder pass.
-        shown = out.detach()
-        return StepInfo(
-            iteration=self.iteration,
-            total=self.config.iterations,
-            loss=values[0],
-            losses=values[1 : 1 + terms.shape[0]],
-            its=1.0 / self._ema_dt if self._ema_dt > 0 else float("inf"),
-            elapsed=now - self._start,
-            image=lambda: _to_pil(shown),
-            init_loss=values[-1] if init_term is not None else None,
-        )
+        return _step_together([self])[0]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly (on the same device): latent, Adam, iteration, RNG."""
@@ -521,6 +493,131 @@ class Painter:
         self.iteration = int(state["iteration"])
 
 
+def _step_together(painters: list[Painter]) -> list[StepInfo]:
+    """One optimisation step of every painter: one decoder pass and one CLIP pass over all of them.
+
+    Each painter keeps its own latent, Adam, generator, prompts and init term; the summed loss gives each
+    latent exactly its own gradient (the latents are independent). One painter alone is `Painter.step`.
+    """
+    started = time.perf_counter()
+    lead = painters[0]
+    runtime = lead.runtime
+    for p in painters:
+        if p._start is None:
+            p._start = started
+
+    # --- forward: latents -> pictures -> each painter's cutouts (its own generator) -> CLIP embeddings
+    z = lead.z if len(painters) == 1 else torch.cat([p.z for p in painters])  # (N, C, h, w)
+    out = lead.synth(z)  # (N, 3, H, W)
+    cutouts = [p.make_cutouts(out[i : i + 1], p.generator) for i, p in enumerate(painters)]
+    embeds = runtime.encode_image(cutouts[0] if len(painters) == 1 else torch.cat(cutouts))  # (sum cutn, D)
+
+    # --- losses (fp32): one term per prompt per painter, plus each pull towards its init latent
+    totals, readouts = [], []
+    for p, e in zip(painters, embeds.split([c.shape[0] for c in cutouts]), strict=True):
+        terms = p.prompts.losses(e)  # (P,)
+        total = terms.sum()
+        init_term = None
+        if p.z_init is not None:
+            init_term = F.mse_loss(p.z, p.z_init) * p.config.init_weight / 2
+            total = total + init_term
+        totals.append(total)
+        readouts.append((total, terms, init_term))
+
+    # --- optimise each latent with its own Adam, then keep it inside the codebook's range
+    for p in painters:
+        p.optimizer.zero_grad(set_to_none=True)
+    loss = totals[0] if len(totals) == 1 else torch.stack(totals).sum()
+    scale = runtime.loss_scale
+    (loss * scale if scale != 1.0 else loss).backward()
+    for p in painters:
+        if scale != 1.0 and p.z.grad is not None:
+            p.z.grad.div_(scale)
+        p.optimizer.step()
+        with torch.no_grad():
+            p.z.copy_(p.z.maximum(p.z_min).minimum(p.z_max))
+        p.iteration += 1
+
+    # --- readout. SYNC POINT: the only host-device transfer of the step, for all painters at once.
+    flat = [
+        t.detach().reshape(-1)
+        for total, terms, init_term in readouts
+        for t in (total, terms, *(() if init_term is None else (init_term,)))
+    ]
+    values = torch.cat(flat).tolist()
+    now = time.perf_counter()
+    dt = now - started
+    infos, at = [], 0
+    for i, (p, (_, terms, init_term)) in enumerate(zip(painters, readouts, strict=True)):
+        n_terms = terms.shape[0]
+        mine = values[at : at + 1 + n_terms + (init_term is not None)]
+        at += len(mine)
+        p._ema_dt = dt if p._ema_dt is None else 0.8 * p._ema_dt + 0.2 * dt
+        # The picture this step scored, already decoded: previews cost no extra decoder pass.
+        shown = out[i : i + 1].detach()
+        infos.append(
+            StepInfo(
+                iteration=p.iteration,
+                total=p.config.iterations,
+                loss=mine[0],
+                losses=mine[1 : 1 + n_terms],
+                its=1.0 / p._ema_dt if p._ema_dt > 0 else float("inf"),
+                elapsed=now - p._start,
+                image=lambda shown=shown: _to_pil(shown),
+                init_loss=mine[-1] if init_term is not None else None,
+            )
+        )
+    return infos
+
+
+class BatchPainter:
+    """Steps several Painters of the same models, size and engine options together.
+
+    One decoder pass and one CLIP pass over the concatenated batch per step; each painter keeps its own
+    latent, Adam, generator (cutouts drawn in the same order as alone), prompts, init picture and
+    iteration count. Painters join (`add`) at their own iteration and leave (`remove`) at any time.
+    A painter's pictures equal those it paints alone up to the last bits of batched kernels.
+    """
+
+    def __init__(self, models: LoadedModels, painters: list[Painter] | None = None) -> None:
+        self.models = models
+        self.painters: list[Painter] = []
+        for painter in painters or []:
+            self.add(painter)
+
+    def add(self, painter: Painter) -> None:
+        """Join the batch; refused unless it shares the models, picture size and engine runtime."""
+        if painter.models is not self.models:
+            raise ValueError("a BatchPainter steps painters of one LoadedModels only")
+        if any(p is painter for p in self.painters):
+            raise ValueError("this painter is already in the batch")
+        if self.painters:
+            first = self.painters[0]
+            if painter.size != first.size:
+                raise ValueError(f"picture size {painter.size} differs from the batch's {first.size}")
+            if painter.runtime is not first.runtime:
+                raise ValueError("painters in one batch must share engine options")
+        self.painters.append(painter)
+
+    def remove(self, painter: Painter) -> None:
+        """Leave the batch (canceled or finished); the others go on unchanged."""
+        for i, p in enumerate(self.painters):
+            if p is painter:
+                del self.painters[i]
+                return
+        raise ValueError("this painter is not in the batch")
+
+    def step(self) -> list[StepInfo]:
+        """One iteration of every painter; StepInfos in the order of `.painters`. Remove finished painters
+        first: stepping one past its iteration count is refused."""
+        if not self.painters:
+            return []
+        done = [p.seed for p in self.painters if p.iteration >= p.config.iterations]
+        if done:
+            raise ValueError(f"painters with seeds {done} have finished; remove them before stepping")
+        return _step_together(self.painters)
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
@@ -532,9 +629,10 @@ def generate(
     on_step: Callable[[StepInfo], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     resume_state: dict[str, Any] | None = None,
+    options: EngineOptions | None = None,
 ) -> GenerationResult:
     """Paint one picture; `should_cancel()` is checked before every iteration."""
-    painter = Painter(models, config)
+    painter = Painter(models, config, options)
     if resume_state is not None:
         painter.load_state_dict(resume_state)
     started = time.perf_counter()
