@@ -157,8 +157,10 @@ def generate(
         init_weight=init_weight,
         image_prompts=prompt_images,
     )
+    from worker.runtime import EngineOptions
+
     try:
-        painter = Painter(models, config)
+        painter = Painter(models, config, EngineOptions.from_settings(settings))
     except ValueError as error:
         raise BadInput(str(error)) from None
     click.echo(f"seed {painter.seed}, model {model}, {width}x{height}, {iterations} iterations", err=True)

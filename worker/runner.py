@@ -103,6 +103,7 @@ def _paint(
 ) -> JobState:
     from worker.engine import GenerationConfig, Painter, png_bytes
     from worker.models import ChecksumMismatch, ModelsMissing, get_models
+    from worker.runtime import EngineOptions
 
     job_id = record.id
     try:
@@ -125,7 +126,7 @@ def _paint(
         ],
     )
     try:
-        painter = Painter(models, config)
+        painter = Painter(models, config, EngineOptions.from_settings(settings))
     except (PromptSyntaxError, ValueError) as exc:
         raise JobError(f"invalid job parameters: {exc}") from exc
     _resume(client, keys, painter, job_id)
