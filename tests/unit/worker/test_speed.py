@@ -191,3 +191,14 @@ def test_batch_refuses_incompatible_painters(tiny_models: LoadedModels) -> None:
         batch.add(Painter(tiny_models, _config(), BF16))
     with pytest.raises(ValueError, match="not in the batch"):
         batch.remove(Painter(tiny_models, _config(), EngineOptions.off()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_compiled_engine_agrees_with_eager(tiny_models: LoadedModels) -> None:
+    # torch.compile takes minutes on a busy 2-core CPU even for `tiny`; a failed compile falls back to eager
+    # with a warning, so also check that the compiled functions were really used.
+    eager, _ = _run(tiny_models, FP32_FAST, 2)
+    compiled, painter = _run(tiny_models, EngineOptions(precision="fp32", compile="on"), 2)
+    assert not painter.runtime._compile_failed and set(painter.runtime._compiled) == {"clip", "decoder"}
+    assert compiled == pytest.approx(eager, rel=1e-4)
