@@ -76,8 +76,6 @@ class Settings(BaseSettings):
     engine_weight_cache: bool = True
     engine_compile: Literal["auto", "on", "off"] = "auto"
     engine_cudnn_benchmark: bool = True
-    # Jobs of one model and size a worker paints together (engine BatchPainter); 1 = one at a time.
-    engine_batch_size: int = Field(1, ge=1, le=64)
     # A running job's lock expires this long after its worker stops refreshing it (crash detection).
     lock_ttl_s: int = Field(30, ge=5)
     # Deliveries of one job before it is marked failed instead of tried again.
