@@ -207,6 +207,31 @@ register_preset(
 )
 
 
+def _toyworld_preset() -> Preset:
+    from worker.toyworld import spec  # plain data (configs, file names, pinned SHA-256s): no torch work
+
+    return Preset(
+        name="toyworld",
+        description="small VQGAN + CLIP trained on a world of shapes and colours; the files ship in the repo",
+        vqgan=VqganSpec(
+            config=spec.VQGAN_CONFIG, checkpoint=WeightFile(spec.VQGAN_FILE, sha256=spec.VQGAN_SHA256)
+        ),
+        clip=ClipSpec(
+            variant="toyworld-vit",
+            config=spec.CLIP_CONFIG,
+            checkpoint=WeightFile(spec.CLIP_FILE, sha256=spec.CLIP_SHA256),
+        ),
+        note=(
+            "offline demo model: it knows only simple shapes, colours and positions "
+            "('a red circle on a blue background')"
+        ),
+        bundled_dir=spec.WEIGHTS_DIR,
+    )
+
+
+register_preset(_toyworld_preset())
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
