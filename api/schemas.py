@@ -72,6 +72,7 @@ class JobView(BaseModel):
     attempts: int
     worker: str | None = Field(description="the worker running it, or that ran it last")
     resumed_from: int | None
+    batch: int | None = Field(description="jobs painted together with it at most, itself included")
     error: str | None
     links: JobLinks
 

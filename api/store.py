@@ -65,6 +65,7 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         attempts=record.attempts,
         worker=record.worker,
         resumed_from=record.resumed_from,
+        batch=record.batch,
         error=record.error,
         links=links(record.id),
     )

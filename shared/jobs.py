@@ -77,6 +77,7 @@ class JobRecord(JobParams):
     worker: str | None = None
     attempts: int = 0
     resumed_from: int | None = None  # iteration of the checkpoint the last attempt resumed from
+    batch: int | None = None  # most jobs it was painted together with (itself included), when > 1
     frame_seq: int = 0  # increments with every stored frame; the ETag of /frame
     note: str | None = None
 

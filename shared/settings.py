@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     engine_weight_cache: bool = True
     engine_compile: Literal["auto", "on", "off"] = "auto"
     engine_cudnn_benchmark: bool = True
+    # Compatible queued jobs (same model and picture size) a worker paints together as one batch; 1 = alone.
+    batch_size: int = Field(4, ge=1, le=64)
+    # A job joins a batch only if the batch's measured memory plus its own stays under this share of the
+    # device's memory (GPU memory on CUDA, the machine's RAM on CPU).
+    batch_memory_fraction: float = Field(0.8, gt=0, le=1)
     # A running job's lock expires this long after its worker stops refreshing it (crash detection).
     lock_ttl_s: int = Field(30, ge=5)
     # Deliveries of one job before it is marked failed instead of tried again.

@@ -35,9 +35,8 @@ def worker(
     get_settings.cache_clear()
     settings = get_settings()
 
-    from worker.models import PRESETS, resolve_device, weights_present
-
     from worker.celery_app import served_models
+    from worker.models import PRESETS, resolve_device, weights_present
 
     try:
         models = served_models(settings)

@@ -24,6 +24,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     import redis
+
     from worker.engine import StepInfo
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class FrameWriter:
         self._settings = settings
         self._pending: queue.Queue[tuple[Image.Image, int] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"frames-{job_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -81,9 +83,11 @@ class FrameWriter:
             self._pending.put_nowait((image, iteration))
 
     def close(self) -> None:
-        """Store whatever is pending, then stop; raises if storing any frame failed."""
-        self._pending.put(None)
-        self._thread.join()
+        """Store whatever is pending, then stop; raises if storing any frame failed. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._pending.put(None)
+            self._thread.join()
         if self._error is not None:
             raise RuntimeError("storing preview frames failed") from self._error
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
 import fakeredis
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -223,3 +225,120 @@ def test_orphaned_jobs_are_queued_again_once(
     assert reap_orphans(client, settings, requeued) == []  # a second worker does not queue it twice
     assert requeued == [(dead.id, queue_for("tiny"))]
     assert not client.sismember(KEYS.running(), done.id)
+
+
+# --- several jobs painted together (ARTGEN_BATCH_SIZE) ----------------------------------------------
+
+
+def result_pixels(client: fakeredis.FakeRedis, job_id: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(client.get(KEYS.result(job_id)))), dtype=np.int16)
+
+
+@pytest.fixture
+def fp32(settings: Settings) -> Settings:
+    # fp32: batched and solo runs then differ only in the last bits of batched kernels.
+    return settings.model_copy(update={"engine_precision": "fp32", "batch_size": 4})
+
+
+def test_compatible_queued_jobs_are_painted_together_and_equal_solo_runs(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    params = [
+        {"prompt": "a lighthouse at dusk", "seed": 1},
+        {"prompt": "red:1|blue:-0.5", "seed": 2, "cutn": 6},
+        {"prompt": "a quiet harbour", "seed": 3, "iterations": 5},
+    ]
+    together = [queue_job(client, **p) for p in params]
+    assert run_job(client, fp32, together[0].id, "w1", requeued, store) is JobState.SUCCEEDED
+
+    finals = [read(client, j.id) for j in together]
+    assert [f.state for f in finals] == [JobState.SUCCEEDED] * 3
+    assert [f.batch for f in finals] == [3, 3, 3] and {f.worker for f in finals} == {"w1"}
+    assert [f.iteration for f in finals] == [8, 8, 5]
+    assert client.zcard(KEYS.queued(queue_for("tiny"))) == 0 and client.scard(KEYS.running()) == 0
+    for job in together:  # each job's own progress stream, in order, ending once
+        stream = events(client, job.id)
+        assert [d["iteration"] for k, d in stream if k == "progress"] == list(range(1, job.iterations + 1))
+        assert [k for k, _ in stream].count("finished") == 1
+        assert not client.exists(KEYS.lock(job.id)) and store.exists(result_key(job.id))
+
+    # The same jobs, one at a time: the same pictures within 2/255 per pixel (fp32).
+    alone = fp32.model_copy(update={"batch_size": 1})
+    for job, p in zip(together, params, strict=True):
+        solo = queue_job(client, **p)
+        assert run_job(client, alone, solo.id, "w2", requeued, store) is JobState.SUCCEEDED
+        assert read(client, solo.id).batch is None
+        assert np.abs(result_pixels(client, solo.id) - result_pixels(client, job.id)).max() <= 2
+
+
+def test_an_incompatible_job_at_the_front_keeps_its_place(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    first = queue_job(client)
+    other_size = queue_job(client, width=48, height=48)
+    later = queue_job(client)
+    assert run_job(client, fp32, first.id, "w1", requeued, store) is JobState.SUCCEEDED
+    assert read(client, first.id).batch is None
+    # The 48x48 job is next in line; the later 32x32 one did not jump ahead of it.
+    assert read(client, other_size.id).state is JobState.QUEUED
+    assert read(client, later.id).state is JobState.QUEUED
+    queued = client.zrange(KEYS.queued(queue_for("tiny")), 0, -1)
+    assert queued == [other_size.id.encode(), later.id.encode()]
+
+
+def test_batch_size_one_paints_one_job_at_a_time(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    first, second = queue_job(client), queue_job(client)
+    alone = fp32.model_copy(update={"batch_size": 1})
+    assert run_job(client, alone, first.id, "w1", requeued, store) is JobState.SUCCEEDED
+    assert read(client, second.id).state is JobState.QUEUED
+
+
+def test_a_canceled_job_leaves_the_batch_and_the_others_go_on(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    kept, canceled_queued, canceled_running = queue_job(client), queue_job(client), queue_job(client)
+    client.eval(CANCEL_IF_QUEUED, 1, KEYS.job(canceled_queued.id), time.time())
+    client.set(KEYS.cancel(canceled_running.id), "1")  # the flag a running job's cancel sets
+    assert run_job(client, fp32, kept.id, "w1", requeued, store) is JobState.SUCCEEDED
+    assert read(client, kept.id).iteration == 8
+    assert read(client, canceled_queued.id).started_at is None  # never claimed
+    stopped = read(client, canceled_running.id)
+    assert stopped.state is JobState.CANCELED and stopped.iteration < 8
+    assert not store.exists(result_key(canceled_running.id))
+    assert not client.exists(KEYS.lock(canceled_running.id))
+
+
+def test_a_shutting_down_worker_hands_every_job_of_its_batch_back(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    first, second = queue_job(client, iterations=2000), queue_job(client, iterations=2000)
+
+    def shut_down_once_both_run() -> None:
+        deadline = time.monotonic() + 60
+        while read(client, second.id).state is not JobState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.005)
+        client.set(KEYS.shutdown("w1"), "1")
+
+    signal = threading.Thread(target=shut_down_once_both_run)
+    signal.start()
+    assert run_job(client, fp32, first.id, "w1", requeued, store) is JobState.QUEUED
+    signal.join()
+    assert sorted(requeued) == sorted([(first.id, queue_for("tiny")), (second.id, queue_for("tiny"))])
+    for job in (first, second):
+        back = read(client, job.id)
+        assert back.state is JobState.QUEUED and back.batch == 2 and 0 < back.iteration < 2000
+        assert client.exists(KEYS.checkpoint(job.id)) and not client.exists(KEYS.lock(job.id))
+        assert client.zscore(KEYS.queued(queue_for("tiny")), job.id) is not None
+
+
+def test_a_job_that_would_outlast_the_time_limit_does_not_join(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    short = queue_job(client, iterations=6)
+    long = queue_job(client, iterations=1000)
+    hurried = fp32.model_copy(update={"soft_time_limit_s": 1, "hard_time_limit_s": 2})
+    assert run_job(client, hurried, short.id, "w1", requeued, store) is JobState.SUCCEEDED
+    # 1000 iterations at the batch's measured pace (>= 1 ms per step) need more than 0.9 s.
+    assert read(client, long.id).state is JobState.QUEUED
