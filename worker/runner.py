@@ -249,8 +249,8 @@ class _Batch:
         for raw_id in front:
             pipe.hmget(self.keys.job(raw_id.decode()), "state", "width", "height", "cutn", "iterations")
         for raw_id, (state, w, h, cutn, iterations) in zip(front, pipe.execute(), strict=True):
-            if state != JobState.QUEUED.value.encode():
-                continue  # canceled or being taken by another worker this moment
+            if state != JobState.QUEUED.value.encode() or None in (w, h, cutn, iterations):
+                continue  # canceled, expired, or being taken by another worker this moment
             if (int(w), int(h)) != (width, height):
                 return  # keep the queue's order: this job goes next, after the batch
             if not self._budget.fits(self._shape, int(cutn)) or not self._in_time(int(iterations)):
