@@ -18,7 +18,14 @@ from PIL import Image
 from shared.settings import Settings
 from worker.engine import BatchPainter, GenerationConfig, Painter, StepInfo
 from worker.models import LoadedModels
-from worker.runtime import EngineOptions, ResolvedOptions, _vit_forward, cpu_has_native_bf16, engine_runtime
+from worker.runtime import (
+    EngineOptions,
+    ResolvedOptions,
+    _fold_quick_gelu,
+    _vit_forward,
+    cpu_has_native_bf16,
+    engine_runtime,
+)
 
 BF16 = EngineOptions(precision="bf16")
 FP32_FAST = EngineOptions(precision="fp32")
@@ -91,6 +98,14 @@ def test_fast_vit_equals_clip_encode_image(tiny_models: LoadedModels) -> None:
         weights = dict(visual.named_parameters())
         assert torch.allclose(_vit_forward(visual, weights, x, math_attention=False), expected, atol=1e-5)
         assert torch.allclose(_vit_forward(visual, weights, x, math_attention=True), expected, atol=1e-5)
+        # QuickGELU folded into the MLP's weights (one SiLU kernel): the same function, to rounding.
+        folded = _fold_quick_gelu(weights)
+        assert not torch.equal(
+            folded["transformer.resblocks.0.mlp.c_fc.weight"],
+            weights["transformer.resblocks.0.mlp.c_fc.weight"],
+        )
+        out = _vit_forward(visual, folded, x, math_attention=True, gelu_folded=True)
+        assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_all_off_matches_the_fp32_fast_path(tiny_models: LoadedModels) -> None:
