@@ -77,7 +77,11 @@ def run(
         vqgan_sha = _save(vqgan_state, out / spec.VQGAN_FILE)
 
     started = time.perf_counter()
-    clip_model, tokens, clip_stats = train_clip(train_set, spec.CLIP_CONFIG, clip_settings, progress)
+    # CLIP trains against the VQGAN as shipped (fp16 weights read back), the one the engine will use.
+    decoder = load_vqgan(spec.VQGAN_CONFIG, out / spec.VQGAN_FILE).float().eval()
+    clip_model, tokens, clip_stats = train_clip(
+        train_set, spec.CLIP_CONFIG, clip_settings, progress, vqgan=decoder
+    )
     timings["clip_s"] = time.perf_counter() - started
     clip_sha = _save(shippable_state(clip_model, tokens.used), out / spec.CLIP_FILE)
 
@@ -173,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)
-        clip_settings = replace(clip_settings, steps=10, warmup=2, batch=16)
+        clip_settings = replace(
+            clip_settings,
+            steps=10,
+            warmup=2,
+            batch=16,
+            reconstructed_pictures=32,
+            adversary_pool=8,
+            adversary_batch=4,
+            adversary_lifetime=3,
+        )
         train_pictures = min(train_pictures, 200)
     manifest = run(
         args.out,

@@ -2,10 +2,19 @@
 
 Symmetric InfoNCE over a batch of (augmented picture, drawn caption) pairs, CLIP's learnable
 temperature. Pictures that share a caption in a batch are all positives for it (soft targets), so
-"a red picture" twice in a batch is not taught as a mismatch. Augmentations are what the engine's
-cutouts do to a whole picture (zoom, shift, rotation, noise) but never a flip: captions say left and
-right. Text features use only the first L token positions (L = longest caption + SOT/EOT): the text
-transformer is causal, so the EOT feature is the same as over all 77 positions, at a fraction of the cost.
+"a red picture" twice in a batch is not taught as a mismatch.
+
+CLIP is trained for what the engine will ask of it, not only for retrieval: given the VQGAN, a quarter of
+the pictures are shown as the VQGAN reconstructs them (the engine only ever shows CLIP decoded pictures),
+and an `Adversary` paints hard negatives the way the engine does (random codes, Adam on the latent through
+the decoder towards a caption's text feature, against the CLIP being trained). Those paintings are extra
+pictures in every caption's softmax that no caption describes: CLIP learns to score the blobs the
+optimisation finds below the world's real pictures, so that following its gradient leads to them.
+
+Augmentations are what the engine's cutouts do to a whole picture (zoom, shift, rotation, noise) but
+never a flip: captions say left and right. Text features use only the first L token positions
+(L = longest caption + SOT/EOT): the text transformer is causal, so the EOT feature is the same as over
+all 77 positions, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from worker.models import Normalize, build_clip, import_clip
+from worker.runtime import cpu_has_native_bf16
 from worker.toyworld import world
 from worker.toyworld.data import WorldSet
 
@@ -42,6 +52,13 @@ class ClipTraining:
     shift: float = 0.1  # extra translation, fraction of the window (the engine's affine translate)
     degrees: float = 20.0  # rotation range, either way
     noise: float = 0.1  # Gaussian noise std drawn from U(0, noise), as the engine's cutouts
+    # With a VQGAN (the decoder is the costly network here: ~2.5 GFLOP per 64x64 picture, 20x CLIP's):
+    reconstructed_pictures: int = 4000  # these first training pictures are shown through the VQGAN
+    adversary_pool: int = 96  # latents being painted as hard negatives
+    adversary_batch: int = 24  # of them advanced one step per update; their pictures are the negatives
+    adversary_every: int = 3  # training steps per adversary update (the negatives are reused between)
+    adversary_lifetime: int = 30  # updates before a latent restarts from random codes with a new caption
+    adversary_lr: float = 0.1  # the engine's default step size
 
 
 class Tokens:
@@ -97,17 +114,122 @@ def augment(pixels: torch.Tensor, settings: ClipTraining, g: torch.Generator) ->
     return views + strength * torch.randn(views.shape, generator=g)
 
 
+class Adversary:
+    """Pictures the engine would paint against the CLIP being trained: its hard negatives.
+
+    A pool of latents, each started from random codebook entries (the engine's `noise_init="codes"`)
+    with a caption drawn from the world, and moved by Adam (the engine's step size) one step per visit
+    towards that caption's text feature through the straight-through quantiser, the frozen decoder and
+    augmented views, as `worker.engine.Painter.step` does. After `adversary_lifetime` updates a latent
+    starts again, so the pool always holds paintings from first to late iterations.
+    """
+
+    def __init__(
+        self,
+        vqgan: nn.Module,
+        scenes: Sequence[world.Scene],
+        settings: ClipTraining,
+        g: torch.Generator,
+        caption_rng: np.random.Generator,
+        size: int = 64,
+    ) -> None:
+        self.vqgan, self.scenes, self.settings = vqgan, scenes, settings
+        self.g, self.caption_rng = g, caption_rng
+        self.codebook = vqgan.quantize.embedding.weight.detach()  # (K, C)
+        self.z_min = self.codebook.min(0).values.view(1, -1, 1, 1)
+        self.z_max = self.codebook.max(0).values.view(1, -1, 1, 1)
+        self.cells = size // vqgan.factor
+        n = settings.adversary_pool
+        self.z = torch.zeros(n, self.codebook.shape[1], self.cells, self.cells)
+        self.m, self.v = torch.zeros_like(self.z), torch.zeros_like(self.z)
+        self.age = torch.zeros(n, dtype=torch.long)
+        self.captions: list[str] = [""] * n
+        self._cursor = 0
+        for i in range(n):
+            self._restart(i)
+        # Staggered ages, so that restarts are spread over training rather than all at once.
+        self.age = torch.randint(settings.adversary_lifetime, (n,), generator=g)
+
+    def _restart(self, i: int) -> None:
+        codes = torch.randint(self.codebook.shape[0], (self.cells * self.cells,), generator=self.g)
+        self.z[i] = self.codebook[codes].view(self.cells, self.cells, -1).permute(2, 0, 1)
+        self.m[i].zero_()
+        self.v[i].zero_()
+        self.age[i] = 0
+        scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.g))]
+        self.captions[i] = world.captions_for([scene], self.caption_rng)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, h, w) to pictures (N, 3, S, S) in [0, 1], differentiable in z (the engine's)."""
+        from worker.engine import clamp_with_grad, vector_quantize
+
+        z_q = vector_quantize(z.movedim(1, 3), self.codebook).movedim(3, 1)
+        out = self.vqgan.decoder(self.vqgan.post_quant_conv(z_q))
+        return clamp_with_grad(out.add(1).div(2), 0.0, 1.0)
+
+    def paint(self, model: nn.Module, tokens: Tokens, normalize: nn.Module) -> torch.Tensor:
+        """Advance the next `adversary_batch` latents one Adam step; the pictures (B, 3, S, S) CLIP scored."""
+        settings = self.settings
+        idx = (torch.arange(settings.adversary_batch) + self._cursor) % settings.adversary_pool
+        self._cursor = int(idx[-1]) + 1
+        with torch.no_grad():
+            targets = F.normalize(encode_text_short(model, tokens([self.captions[i] for i in idx])), dim=-1)
+        z = self.z[idx].clone().requires_grad_(True)
+        # bf16 where the CPU has it natively (as the engine runs): the decoder's backward dominates here.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
+            pictures = self.decode(z)
+            views = augment(pictures.float(), settings, self.g)
+            features = F.normalize(model.encode_image(normalize(views)).float(), dim=-1)
+        # The engine's spherical distance to the prompt, summed over the batch (each latent its own term).
+        loss = (features - targets).norm(dim=-1).div(2).arcsin().pow(2).mul(2).sum()
+        (grad,) = torch.autograd.grad(loss, z)
+        with torch.no_grad():  # Adam, as torch.optim.Adam does it, one state per latent
+            self.age[idx] += 1
+            t = self.age[idx].view(-1, 1, 1, 1).float()
+            self.m[idx] = 0.9 * self.m[idx] + 0.1 * grad
+            self.v[idx] = 0.999 * self.v[idx] + 0.001 * grad.square()
+            step = (self.m[idx] / (1 - 0.9**t)) / ((self.v[idx] / (1 - 0.999**t)).sqrt() + 1e-8)
+            self.z[idx] = (self.z[idx] - settings.adversary_lr * step).maximum(self.z_min).minimum(self.z_max)
+        for i in idx.tolist():
+            if self.age[i] >= settings.adversary_lifetime:
+                self._restart(i)
+        return pictures.detach().float()  # as CLIP scored them, just before this update
+
+
+@torch.no_grad()
+def reconstruct_first(vqgan: nn.Module, data: WorldSet, count: int, batch: int = 250) -> torch.Tensor:
+    """The first `count` pictures of `data` through the VQGAN, as uint8 (count, 3, S, S)."""
+    from worker.toyworld.train_vqgan import reconstruct
+
+    count = min(count, len(data.scenes))
+    out = torch.empty_like(data.images[:count])
+    for start in range(0, count, batch):
+        pixels = reconstruct(vqgan, data.floats(slice(start, min(start + batch, count))))
+        out[start : start + batch] = pixels.mul(255).round().to(torch.uint8)
+    return out
+
+
 def contrastive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    same: torch.Tensor,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE; `same` (N, N) marks pairs with equal captions, all of them positives."""
+    """Symmetric InfoNCE; `same` (N, N) marks pairs with equal captions, all of them positives.
+    `negatives` (M, D): features of pictures no caption describes, added to every caption's softmax."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
-    logits = logit_scale.exp().clamp(max=100) * image_features @ text_features.T  # (N, N)
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * image_features @ text_features.T  # (N, N)
     targets = same / same.sum(1, keepdim=True)
+    per_text = logits.T  # (N texts, N pictures)
+    if negatives is not None:
+        per_text = torch.cat([per_text, scale * text_features @ F.normalize(negatives, dim=-1).T], 1)
+    n = logits.shape[0]
     return (
         torch.sum(-targets * logits.log_softmax(1), 1).mean()
-        + torch.sum(-targets.T * logits.T.log_softmax(1), 1).mean()
+        + torch.sum(-targets.T * per_text.log_softmax(1)[:, :n], 1).mean()
     ) / 2
 
 
@@ -119,9 +241,14 @@ def _lr(step: int, settings: ClipTraining) -> float:
 
 
 def train_clip(
-    data: WorldSet, config: dict[str, Any], settings: ClipTraining, progress: bool = True
+    data: WorldSet,
+    config: dict[str, Any],
+    settings: ClipTraining,
+    progress: bool = True,
+    vqgan: nn.Module | None = None,
 ) -> tuple[nn.Module, Tokens, dict[str, Any]]:
-    """A CLIP of `config` trained on `data` with freshly drawn captions every step."""
+    """A CLIP of `config` trained on `data` with freshly drawn captions every step; with `vqgan`, also on
+    its reconstructions and against the `Adversary`'s paintings."""
     torch.manual_seed(settings.seed)  # module init
     g = torch.Generator().manual_seed(settings.seed)
     caption_rng = np.random.default_rng(settings.seed)
@@ -136,15 +263,31 @@ def train_clip(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
+    adversary, reconstructed = None, None
+    if vqgan is not None:
+        vqgan = vqgan.float().eval().requires_grad_(False)
+        reconstructed = reconstruct_first(vqgan, data, settings.reconstructed_pictures)
+        adversary = Adversary(vqgan, data.scenes, settings, g, caption_rng)
+    painted: torch.Tensor | None = None
     bar = tqdm(range(settings.steps), desc="clip", disable=not progress, mininterval=2.0)
     for step in bar:
         idx = torch.randint(len(data.scenes), (settings.batch,), generator=g)
         texts = world.captions_for([data.scenes[i] for i in idx.tolist()], caption_rng)
-        views = augment(data.floats(idx), settings, g)  # (B, 3, S, S)
+        pixels = data.floats(idx)  # (B, 3, S, S)
+        if reconstructed is not None:
+            shown = idx < len(reconstructed)
+            pixels[shown] = reconstructed[idx[shown]].float().div(255)
+        views = augment(pixels, settings, g)
         image_features = model.encode_image(normalize(views))  # (B, D)
         text_features = encode_text_short(model, tokens(texts))  # (B, D)
         same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
-        loss = contrastive_loss(image_features, text_features, model.logit_scale, same)
+        negatives = None
+        if adversary is not None:
+            if step % settings.adversary_every == 0:
+                painted = adversary.paint(model, tokens, normalize)  # (M, 3, S, S)
+            assert painted is not None
+            negatives = model.encode_image(normalize(augment(painted, settings, g)))  # (M, D)
+        loss = contrastive_loss(image_features, text_features, model.logit_scale, same, negatives)
 
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, settings)

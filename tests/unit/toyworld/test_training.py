@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from worker.models import build_clip, import_clip, load_clip, load_vqgan, sha256_file
+from worker.models import Normalize, build_clip, import_clip, load_clip, load_vqgan, sha256_file
 from worker.toyworld import spec, world
 from worker.toyworld.data import distinct_caption_set, render_set
 from worker.toyworld.train_clip import (
+    Adversary,
     ClipTraining,
     Tokens,
     augment,
@@ -61,6 +64,41 @@ def test_contrastive_loss_prefers_matching_pairs_and_shares_duplicates() -> None
     torch.testing.assert_close(
         contrastive_loss(features, swapped, scale, same), contrastive_loss(features, features, scale, same)
     )
+
+
+def test_negatives_that_look_like_a_caption_cost_more_than_unrelated_ones() -> None:
+    features, scale, same = torch.eye(4, 8), torch.tensor(2.0), torch.eye(4)
+    plain = contrastive_loss(features, features, scale, same)
+    unrelated = contrastive_loss(features, features, scale, same, negatives=torch.eye(8)[4:6])
+    lookalike = contrastive_loss(features, features, scale, same, negatives=features[:2].clone())
+    assert plain < unrelated < lookalike
+
+
+def test_the_adversary_paints_towards_its_captions_and_restarts() -> None:
+    vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
+    clip_model = load_clip(spec.WEIGHTS_DIR / spec.CLIP_FILE, expected=spec.CLIP_CONFIG).float().eval()
+    scenes = world.scenes(0, range(50))
+    settings = ClipTraining(adversary_pool=4, adversary_batch=4, adversary_lifetime=8, noise=0.0)
+    adversary = Adversary(vqgan, scenes, settings, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    adversary.age.zero_()  # all start now, so none restarts during the first 7 updates
+    tokens, normalize = Tokens(spec.CLIP_CONFIG["context_length"]), Normalize()
+
+    def distance() -> float:
+        with torch.no_grad():
+            targets = F.normalize(encode_text_short(clip_model, tokens(adversary.captions)), dim=-1)
+            pictures = adversary.decode(adversary.z)
+            features = F.normalize(clip_model.encode_image(normalize(pictures)), dim=-1)
+            return float((features - targets).norm(dim=-1).mean())
+
+    before, z_start = distance(), adversary.z.clone()
+    pictures = [adversary.paint(clip_model, tokens, normalize) for _ in range(7)]
+    assert pictures[0].shape == (4, 3, 64, 64) and pictures[0].min() >= 0 and pictures[0].max() <= 1
+    assert distance() < before  # seven Adam steps towards each caption
+    assert not torch.equal(adversary.z, z_start) and (adversary.age == 7).all()
+    captions = list(adversary.captions)
+    adversary.paint(clip_model, tokens, normalize)  # the eighth update ends every latent's life
+    assert (adversary.age == 0).all()
+    assert adversary.captions != captions or not torch.equal(adversary.z, z_start)
 
 
 def test_quantize_picks_the_nearest_code_and_passes_gradients_straight_through() -> None:
