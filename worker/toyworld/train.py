@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out-pictures", type=int, default=500)
     parser.add_argument("--vqgan-steps", type=int, default=VqganTraining.steps)
     parser.add_argument("--clip-steps", type=int, default=ClipTraining.steps)
+    parser.add_argument(
+        "--counterfeits",
+        type=int,
+        default=ClipTraining.counterfeits,
+        help="near misses per CLIP step (0, the shipped setting, turns them off)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps)
+    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps, counterfeits=args.counterfeits)
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)

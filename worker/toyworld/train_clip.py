@@ -10,6 +10,9 @@ and an `Adversary` paints hard negatives the way the engine does (random codes, 
 the decoder towards a caption's text feature, against the CLIP being trained). Those paintings are extra
 pictures in every caption's softmax that no caption describes: CLIP learns to score the blobs the
 optimisation finds below the world's real pictures, so that following its gradient leads to them.
+The adversary's paintings are negatives for every caption alike. `counterfeits` (off unless asked for)
+adds near misses for one caption each: its one-shape picture with the shape repeated or moved, aimed at
+the engine painting several white blobs for "a white circle".
 
 Augmentations are what the engine's cutouts do to a whole picture (zoom, shift, rotation, noise) but
 never a flip: captions say left and right. Text features use only the first L token positions
@@ -59,6 +62,9 @@ class ClipTraining:
     adversary_every: int = 3  # training steps per adversary update (the negatives are reused between)
     adversary_lifetime: int = 30  # updates before a latent restarts from random codes with a new caption
     adversary_lr: float = 0.1  # the engine's default step size
+    # Per step at most: one-shape pictures shown, as a near miss, to their own caption. Off for the shipped
+    # weights: a run with 32 did not fix the white circle and weakened the negative weight (MODELS.md).
+    counterfeits: int = 0
 
 
 class Tokens:
@@ -215,9 +221,12 @@ def contrastive_loss(
     logit_scale: torch.Tensor,
     same: torch.Tensor,
     negatives: torch.Tensor | None = None,
+    own_negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE; `same` (N, N) marks pairs with equal captions, all of them positives.
-    `negatives` (M, D): features of pictures no caption describes, added to every caption's softmax."""
+    `negatives` (M, D): features of pictures no caption describes, added to every caption's softmax.
+    `own_negatives` (features (K, D), owners (K,) distinct caption rows): a picture added to one
+    caption's softmax only (a near miss of that caption's picture)."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
     scale = logit_scale.exp().clamp(max=100)
@@ -226,11 +235,40 @@ def contrastive_loss(
     per_text = logits.T  # (N texts, N pictures)
     if negatives is not None:
         per_text = torch.cat([per_text, scale * text_features @ F.normalize(negatives, dim=-1).T], 1)
+    if own_negatives is not None:
+        features, owners = own_negatives
+        own = torch.full((text_features.shape[0], 1), float("-inf"), dtype=per_text.dtype)
+        similarity = (text_features[owners] * F.normalize(features, dim=-1)).sum(-1, keepdim=True)
+        own = own.index_put((owners,), scale * similarity)  # (N, 1); -inf (no term) for the others
+        per_text = torch.cat([per_text, own], 1)
     n = logits.shape[0]
     return (
         torch.sum(-targets * logits.log_softmax(1), 1).mean()
         + torch.sum(-targets.T * per_text.log_softmax(1)[:, :n], 1).mean()
     ) / 2
+
+
+def counterfeits(
+    idx: Sequence[int],
+    texts: Sequence[str],
+    scenes: Sequence[world.Scene],
+    limit: int,
+    rng: np.random.Generator,
+    size: int = 64,
+) -> tuple[torch.Tensor, list[int]]:
+    """Near misses (K, 3, S, S) in [0, 1] of up to `limit` of the batch's one-shape pictures, and the
+    batch rows they belong to. "a picture" describes any picture, so it gets none."""
+    fakes: list[world.Scene] = []
+    owners: list[int] = []
+    for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
+        if len(fakes) == limit:
+            break
+        fake = world.counterfeit(scenes[i], rng) if text != world.GENERIC_CAPTION else None
+        if fake is not None:
+            fakes.append(fake)
+            owners.append(row)
+    pixels = torch.from_numpy(world.render_all(fakes, size)).permute(0, 3, 1, 2).float().div(255)
+    return pixels, owners
 
 
 def _lr(step: int, settings: ClipTraining) -> float:
@@ -287,7 +325,14 @@ def train_clip(
                 painted = adversary.paint(model, tokens, normalize)  # (M, 3, S, S)
             assert painted is not None
             negatives = model.encode_image(normalize(augment(painted, settings, g)))  # (M, D)
-        loss = contrastive_loss(image_features, text_features, model.logit_scale, same, negatives)
+        own_negatives = None
+        fakes, owners = counterfeits(idx.tolist(), texts, data.scenes, settings.counterfeits, caption_rng)
+        if owners:
+            fake_features = model.encode_image(normalize(augment(fakes, settings, g)))  # (K, D)
+            own_negatives = (fake_features, torch.tensor(owners))
+        loss = contrastive_loss(
+            image_features, text_features, model.logit_scale, same, negatives, own_negatives
+        )
 
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, settings)

@@ -13,12 +13,15 @@ both, rendered with 4x supersampling (anti-aliased edges), and captioned from a 
     a picture                                  (any picture, rarely: the prompt "a picture" means "anything")
 
 A shape whose caption names no position is in the middle, so "a white circle" is centred.
+
+`counterfeit` makes, from a one-shape scene, a near miss that its captions do not describe: the same
+shape repeated elsewhere, or moved. Training shows it to each caption as that caption's own negative.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,7 +61,8 @@ _KIND_P = (0.14, 0.46, 0.10, 0.14, 0.08, 0.08)  # shapes are the interesting par
 _COLOUR_JITTER = 12  # each channel of each colour moves by up to this much per picture
 _POSITION_JITTER = 0.04  # shape centres move by up to this fraction of the side
 _SUPERSAMPLE = 4
-_P_GENERIC = 0.02  # captions replaced by "a picture"
+_P_GENERIC = 0.02  # captions replaced by GENERIC_CAPTION
+GENERIC_CAPTION = "a picture"  # means any picture
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Scene:
     orientation: str = "horizontal"  # stripes
     offset: tuple[float, float] = (0.0, 0.0)  # centre jitter, fraction of the side
     period: int = 4  # stripes/checkerboard/dots: cells across the picture
+    copies: tuple[tuple[float, float], ...] = ()  # shape: more centres with the same shape (counterfeits)
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,29 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(kind=kind, colours=names, rgb=rgb, **extra)
 
 
+def counterfeit(scene: Scene, rng: np.random.Generator) -> Scene | None:
+    """A near miss of a one-shape scene that none of its captions describes (None for other kinds):
+    half the time the shape is repeated 1-3 times elsewhere (centres 2.3 radii or more apart across or
+    down, so no two touch), otherwise it is moved to another named position. Any caption of `scene`
+    other than "a picture" names or implies one shape at one position (an unnamed one is the middle).
+    """
+    if scene.kind != "shape":
+        return None
+    if rng.random() < 0.5:
+        r = SIZES[scene.size]
+        cx, cy = POSITIONS[scene.position]
+        centres = [(cx + scene.offset[0], cy + scene.offset[1])]
+        for _ in range(int(rng.integers(1, 4))):
+            for _attempt in range(20):  # rejection sampling; large shapes may find no room
+                x, y = (float(v) for v in rng.uniform(r * 0.6, 1 - r * 0.6, size=2))
+                if all(max(abs(x - u), abs(y - v)) >= 2.3 * r for u, v in centres):
+                    centres.append((x, y))
+                    break
+        if len(centres) > 1:
+            return replace(scene, copies=tuple(centres[1:]))
+    return replace(scene, position=_pick(rng, tuple(POSITIONS), [scene.position]))
+
+
 # ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
@@ -164,8 +192,8 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     elif scene.kind == "shape":
         canvas[:] = rgb[1]
         cx, cy = POSITIONS[scene.position]
-        mask = _shape_mask(scene.shapes[0], cx + dx, cy + dy, SIZES[scene.size], xs, ys)
-        canvas[mask] = rgb[0]
+        for x, y in ((cx + dx, cy + dy), *scene.copies):
+            canvas[_shape_mask(scene.shapes[0], x, y, SIZES[scene.size], xs, ys)] = rgb[0]
     elif scene.kind == "two_shapes":
         canvas[:] = rgb[2]
         for i, (cx, shape) in enumerate(zip((0.27, 0.73), scene.shapes, strict=True)):
@@ -205,7 +233,7 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
         return rng is None or bool(rng.random() < p)
 
     if rng is not None and rng.random() < _P_GENERIC:
-        return "a picture"
+        return GENERIC_CAPTION
     c = scene.colours
     if scene.kind == "fill":
         plain = rng is not None and rng.random() < 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,10 @@ from worker.toyworld.train_clip import (
     Tokens,
     augment,
     contrastive_loss,
+    counterfeits,
     encode_text_short,
     shippable_state,
+    train_clip,
 )
 from worker.toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
 
@@ -72,6 +75,35 @@ def test_negatives_that_look_like_a_caption_cost_more_than_unrelated_ones() -> N
     unrelated = contrastive_loss(features, features, scale, same, negatives=torch.eye(8)[4:6])
     lookalike = contrastive_loss(features, features, scale, same, negatives=features[:2].clone())
     assert plain < unrelated < lookalike
+
+
+def test_a_near_miss_costs_only_the_caption_it_belongs_to() -> None:
+    features, scale, same = torch.eye(4, 8), torch.tensor(2.0), torch.eye(4)
+    plain = contrastive_loss(features, features, scale, same)
+    # Caption 0's near miss looks like caption 0: only caption 0's softmax gets the extra picture.
+    near = (features[:1].clone(), torch.tensor([0]))
+    assert contrastive_loss(features, features, scale, same, own_negatives=near) > plain
+    # The same picture as an unrelated caption's near miss would cost far less: it is not like caption 3.
+    elsewhere = (features[:1].clone(), torch.tensor([3]))
+    costs_elsewhere = contrastive_loss(features, features, scale, same, own_negatives=elsewhere)
+    assert plain < costs_elsewhere < contrastive_loss(features, features, scale, same, own_negatives=near)
+    # As a negative for every caption, it would cost more than as caption 0's alone.
+    shared = contrastive_loss(features, features, scale, same, negatives=features[:1].clone())
+    assert shared > contrastive_loss(features, features, scale, same, own_negatives=near)
+    # Gradients are finite although the other captions' near-miss logit is -inf.
+    text = features.clone().requires_grad_(True)
+    contrastive_loss(features, text, scale, same, own_negatives=near).backward()
+    assert torch.isfinite(text.grad).all()
+
+
+def test_counterfeits_belong_to_one_shape_rows_and_skip_the_generic_caption() -> None:
+    scenes = world.scenes(0, range(60))
+    texts = [world.caption(s) for s in scenes]
+    texts[next(i for i, s in enumerate(scenes) if s.kind == "shape")] = world.GENERIC_CAPTION
+    pixels, owners = counterfeits(range(60), texts, scenes, 5, np.random.default_rng(0))
+    assert len(owners) == 5 and pixels.shape == (5, 3, 64, 64)
+    assert all(scenes[i].kind == "shape" and texts[i] != world.GENERIC_CAPTION for i in owners)
+    assert float(pixels.min()) >= 0 and float(pixels.max()) <= 1
 
 
 def test_the_adversary_paints_towards_its_captions_and_restarts() -> None:
@@ -149,3 +181,17 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
     assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100
     load_vqgan(spec.VQGAN_CONFIG, tmp_path / spec.VQGAN_FILE)
     load_clip(tmp_path / spec.CLIP_FILE, expected=spec.CLIP_CONFIG)
+
+
+@pytest.mark.slow
+def test_clip_training_is_deterministic_and_counterfeits_change_it() -> None:
+    data = render_set(0, 0, 64)
+    settings = ClipTraining(steps=2, warmup=1, batch=16)
+
+    def weights(counterfeits: int) -> dict[str, torch.Tensor]:
+        model, _, _ = train_clip(data, spec.CLIP_CONFIG, replace(settings, counterfeits=counterfeits), False)
+        return model.state_dict()
+
+    plain, again, with_fakes = weights(0), weights(0), weights(4)
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert not all(torch.equal(plain[k], with_fakes[k]) for k in plain)
