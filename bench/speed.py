@@ -164,6 +164,9 @@ def compare(args: argparse.Namespace, models: LoadedModels) -> list[dict[str, ob
         _timed_painter("optimised", models, args.size, args.cutn, EngineOptions()),
         _timed_painter("all off", models, args.size, args.cutn, off),
         _timed_painter(
+            "optimised, channels_last off", models, args.size, args.cutn, EngineOptions(channels_last="off")
+        ),
+        _timed_painter(
             "bf16 only",
             models,
             args.size,

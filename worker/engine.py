@@ -172,6 +172,20 @@ def _bernoulli(n: int, p: float, g: torch.Generator, device: torch.device) -> to
     return (torch.rand(n, generator=g, device=device) < p).float()
 
 
+def sharpen(images: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """images + f * (images - smooth(images)) for images (N, C, H, W) and f (N,), smooth being PIL's
+    SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 with replicated edges.
+
+    The kernel is (3x3 box + 4 x centre) / 13, so images - smooth = (9 images - box) / 13, and the box is
+    two separable 3-tap sums of shifted slices. As a depthwise conv2d, its backward took about 0.1 s of a
+    CPU step at 32 cutouts of 224x224; this way forward and backward take a few ms.
+    """
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    rows = padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]  # (N, C, H, W + 2)
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # (N, C, H, W)
+    return images + f[:, None, None, None] * (9 * images - box) / 13
+
+
 def _perspective_homographies(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Homographies (n, 3, 3) mapping 4 points src (n, 4, 2) onto dst (n, 4, 2): one batched solve."""
     n = src.shape[0]
@@ -290,9 +304,7 @@ class MakeCutouts:
 
         # Sharpness: x + f * (x - smooth(x)), f ~ U(0, 0.3) with probability 0.4 (PIL's enhance by 1 + f).
         f = _uniform(n, 0, _SHARPNESS, g, device) * _bernoulli(n, _P_SHARP, g, device)
-        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=device) / 13
-        smooth = F.conv2d(F.pad(cutouts, (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)
-        cutouts = cutouts + f[:, None, None, None] * (cutouts - smooth)
+        cutouts = sharpen(cutouts, f)
         # Colour jitter as one matrix per cutout.
         cutouts = torch.einsum("nij,njhw->nihw", self._colour_matrices(g, device), cutouts)
         # Noise with a per-cutout strength.

@@ -47,7 +47,7 @@ class EngineOptions:
     """Speed-ups of the engine; "auto" picks the fast choice for the device (see `resolve`)."""
 
     precision: Precision = "auto"  # autocast dtype for CLIP and the decoder; z, Adam and losses stay fp32
-    channels_last: Switch = "auto"  # NHWC decoder convolutions (auto: on for CUDA; no gain measured on CPU)
+    channels_last: Switch = "auto"  # NHWC decoder convolutions with NHWC weights, cached (auto: on)
     fast_clip: bool = True  # batch-first ViT forward over CLIP's own weights (same maths, fewer copies)
     weight_cache: bool = True  # low-precision weight copies made once, not cast on every call
     compile: Switch = "auto"  # torch.compile CLIP and the decoder (auto: CUDA only; ~40 s per shape on CPU)
@@ -91,7 +91,9 @@ class EngineOptions:
             raise ValueError("precision fp16 is for CUDA; on CPU use bf16 or fp32")
         return ResolvedOptions(
             dtype=dtype,
-            channels_last=self.channels_last == "on" or (self.channels_last == "auto" and cuda),
+            # On CPU too: the quantiser's output (a movedim) is NHWC-strided, so the convolutions run NHWC
+            # either way; off, each copies its kernel into that layout on every call, forward and backward.
+            channels_last=self.channels_last != "off",
             fast_clip=self.fast_clip,
             weight_cache=self.weight_cache and dtype != torch.float32,
             compile=self.compile == "on" or (self.compile == "auto" and cuda),
@@ -134,19 +136,25 @@ def _vit_forward(
     weights: dict[str, torch.Tensor],
     x: torch.Tensor,
     math_attention: bool,
-    gelu_folded: bool = False,
+    folded: bool = False,
 ) -> torch.Tensor:
     """clip.model.VisionTransformer.forward over `weights` (its own parameters, maybe cast), batch-first.
 
     Same maths as CLIP's module; it skips nn.MultiheadAttention's NLD<->LND permutes, packed-projection
     reshapes and LayerNorm's dtype round trips, which cost as much as the attention itself on CPU.
-    `gelu_folded`: the weights come from `_fold_quick_gelu`, so the MLP's activation is one SiLU kernel.
+    `folded`: the weights come from `_fold_constants`: the attention scale is in the query projection and
+    the MLP's activation is one SiLU kernel.
     """
     w = weights
-    n = x.shape[0]
-    x = F.conv2d(x, w["conv1.weight"], stride=visual.conv1.stride)  # (n, E, g, g)
-    e = x.shape[1]
-    x = x.flatten(2).transpose(1, 2)  # (n, g*g, E)
+    n, channels, side = x.shape[0], x.shape[1], x.shape[-1]
+    kernel = w["conv1.weight"]  # (E, 3, p, p)
+    e, patch = kernel.shape[0], kernel.shape[-1]
+    grid = side // patch
+    # The patch embedding, a conv with stride = kernel size, as one matmul over the cut-up picture: the
+    # same sums, but its backward is a matmul too. On CPU the conv's input gradient (a strided transposed
+    # conv) took 11x its forward: 305 ms a step at 32 cutouts (bf16, one thread), 16 ms as a matmul.
+    patches = x.view(n, channels, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
+    x = patches.reshape(n, grid * grid, channels * patch * patch) @ kernel.reshape(e, -1).T  # (n, g*g, E)
     cls = w["class_embedding"].to(x.dtype).expand(n, 1, e)
     x = torch.cat([cls, x], 1) + w["positional_embedding"].to(x.dtype)  # (n, L, E)
     x = F.layer_norm(x, (e,), w["ln_pre.weight"], w["ln_pre.bias"])
@@ -159,16 +167,18 @@ def _vit_forward(
         qkv = F.linear(h, w[p + "attn.in_proj_weight"], w[p + "attn.in_proj_bias"])  # (n, L, 3E)
         q, k, v = qkv.view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (n, H, L, d)
         if math_attention:
-            # CPU bf16: two small batched matmuls beat the flash kernel for L = 50.
-            scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5  # (n, H, L, L)
-            a = scores.float().softmax(-1).to(v.dtype) @ v
+            # CPU bf16: two small batched matmuls beat the flash kernel for L = 50. The softmax stays in
+            # bf16: the CPU kernel accumulates in fp32 and its output is rounded to bf16 for the matmul
+            # anyway, so casting (n, H, L, L) up and back, forward and backward, bought nothing.
+            scores = q @ k.transpose(-1, -2)  # (n, H, L, L)
+            a = (scores if folded else scores * head_dim**-0.5).softmax(-1) @ v
         else:
-            a = F.scaled_dot_product_attention(q, k, v)
+            a = F.scaled_dot_product_attention(q, k, v, scale=1.0 if folded else None)
         a = a.transpose(1, 2).reshape(n, length, e)
         x = x + F.linear(a, w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"])
         h = F.layer_norm(x, (e,), w[p + "ln_2.weight"], w[p + "ln_2.bias"])
         h = F.linear(h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"])
-        h = F.silu(h) if gelu_folded else h * torch.sigmoid(1.702 * h)  # QuickGELU
+        h = F.silu(h) if folded else h * torch.sigmoid(1.702 * h)  # QuickGELU
         x = x + F.linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])
     x = F.layer_norm(x[:, 0], (e,), w["ln_post.weight"], w["ln_post.bias"])
     return x @ w["proj"] if "proj" in w else x  # (n, D)
@@ -177,19 +187,28 @@ def _vit_forward(
 def _is_plain_vit(visual: nn.Module) -> bool:
     """CLIP's VisionTransformer without attention masks: what `_vit_forward` reproduces."""
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    conv1 = getattr(visual, "conv1", None)
     return (
         type(visual).__name__ == "VisionTransformer"
         and blocks is not None
         and all(getattr(b, "attn_mask", None) is None for b in blocks)
+        and isinstance(conv1, nn.Conv2d)
+        and conv1.stride == conv1.kernel_size  # non-overlapping patches: what the matmul form computes
+        and conv1.padding == (0, 0)
+        and conv1.bias is None
     )
 
 
-def _fold_quick_gelu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CLIP's MLP c_proj(QuickGELU(c_fc(x))) as c_proj'(SiLU(c_fc'(x))), for fp32 copies of its weights.
+def _fold_constants(weights: dict[str, torch.Tensor], heads: int) -> dict[str, torch.Tensor]:
+    """CLIP's ViT weights (fp32 copies) with two constant multiplications folded in, for `folded=True`.
 
-    QuickGELU(u) = u * sigmoid(1.702 u) = SiLU(1.702 u) / 1.702: c_fc' is c_fc scaled by 1.702 (weight
-    and bias) and c_proj' has its weight divided by 1.702. One fused SiLU kernel forward and one backward
-    replace QuickGELU's three elementwise kernels forward and about six backward, per layer.
+    - QuickGELU: c_proj(QuickGELU(c_fc(x))) = c_proj'(SiLU(c_fc'(x))), since QuickGELU(u) = u sigmoid(1.702 u)
+      = SiLU(1.702 u) / 1.702: c_fc is scaled by 1.702 (weight and bias), c_proj's weight divided by it.
+      One fused SiLU kernel forward and one backward replace three elementwise kernels forward and about
+      six backward, per layer.
+    - The attention scale 1/sqrt(head_dim) moves into the query rows of the packed input projection
+      (weight and bias): the scores (n, H, L, L) are no longer multiplied, forward or backward. For
+      head_dim 64 the scale is 1/8, a power of two, so the folded weights are exact.
     """
     out = dict(weights)
     for name in weights:
@@ -197,6 +216,11 @@ def _fold_quick_gelu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[name] = weights[name] * 1.702
         elif name.endswith("mlp.c_proj.weight"):
             out[name] = weights[name] / 1.702
+        elif name.endswith("attn.in_proj_weight") or name.endswith("attn.in_proj_bias"):
+            width = weights[name].shape[0] // 3
+            scale = torch.ones(3 * width, dtype=weights[name].dtype)
+            scale[:width] = (width // heads) ** -0.5
+            out[name] = weights[name] * (scale[:, None] if weights[name].dim() == 2 else scale)
     return out
 
 
@@ -221,7 +245,7 @@ class EngineRuntime:
     options: ResolvedOptions
     codebook_sq: torch.Tensor  # (K,) ||codebook row||^2, constant: the codebook is frozen
     _clip_weights: dict[str, torch.Tensor] | None = None
-    _gelu_folded: bool = False  # _clip_weights come from _fold_quick_gelu
+    _folded: bool = False  # _clip_weights come from _fold_constants
     _decoder_weights: dict[str, torch.Tensor] | None = None
     _compiled: dict[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
     _compile_failed: bool = False
@@ -251,7 +275,7 @@ class EngineRuntime:
                 weights,
                 x.to(weights["conv1.weight"].dtype),
                 math_attention,
-                gelu_folded=self._clip_weights is not None and self._gelu_folded,
+                folded=self._clip_weights is not None and self._folded,
             )
         return models.clip.encode_image(x)
 
@@ -307,8 +331,9 @@ def _build_runtime(models: LoadedModels, options: ResolvedOptions) -> EngineRunt
     if options.weight_cache:
         clip_params = dict(models.clip.visual.named_parameters())
         if options.fast_clip and _is_plain_vit(models.clip.visual):
-            clip_params = _fold_quick_gelu(clip_params)  # scaled in fp32, then cast
-            runtime._gelu_folded = True
+            heads = models.clip.visual.transformer.resblocks[0].attn.num_heads
+            clip_params = _fold_constants(clip_params, heads)  # scaled in fp32, then cast
+            runtime._folded = True
         runtime._clip_weights = _cast_matrices(clip_params, options.dtype)
     if options.weight_cache or options.channels_last:
         # Copies, never the shared modules changed in place: other runtimes of these models stay as they were.

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from shared.prompts import PromptSpec
@@ -19,6 +20,7 @@ from worker.engine import (
     generate,
     png_bytes,
     replace_grad,
+    sharpen,
     spherical_distance,
     vector_quantize,
 )
@@ -67,6 +69,16 @@ def test_image_prompt_rows_are_averaged_per_prompt() -> None:
 
 
 # --- straight-through quantisation and clamping ---------------------------------------------------
+
+
+def test_sharpen_equals_pils_smooth_kernel_as_a_convolution() -> None:
+    g = torch.Generator().manual_seed(0)
+    images, f = torch.rand(4, 3, 20, 17, generator=g), torch.tensor([0.0, 0.1, 0.3, 1.0])
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
+    smooth = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)
+    expected = images + f[:, None, None, None] * (images - smooth)
+    torch.testing.assert_close(sharpen(images, f), expected, atol=1e-6, rtol=0)
+    assert torch.equal(sharpen(images, torch.zeros(4)), images)  # f = 0 leaves a picture alone
 
 
 def test_vector_quantize_snaps_to_nearest_code_and_passes_gradient_straight_through() -> None:

@@ -21,7 +21,7 @@ from worker.models import LoadedModels
 from worker.runtime import (
     EngineOptions,
     ResolvedOptions,
-    _fold_quick_gelu,
+    _fold_constants,
     _vit_forward,
     cpu_has_native_bf16,
     engine_runtime,
@@ -61,7 +61,7 @@ def _run(
 def test_auto_resolves_to_the_fast_choice_for_this_cpu() -> None:
     auto = EngineOptions().resolve(torch.device("cpu"))
     assert auto.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert auto.fast_clip and not auto.compile and not auto.cudnn_benchmark and not auto.channels_last
+    assert auto.fast_clip and auto.channels_last and not auto.compile and not auto.cudnn_benchmark
     off = EngineOptions.off().resolve(torch.device("cpu"))
     assert off == ResolvedOptions(torch.float32, False, False, False, False, False)
 
@@ -98,14 +98,18 @@ def test_fast_vit_equals_clip_encode_image(tiny_models: LoadedModels) -> None:
         weights = dict(visual.named_parameters())
         assert torch.allclose(_vit_forward(visual, weights, x, math_attention=False), expected, atol=1e-5)
         assert torch.allclose(_vit_forward(visual, weights, x, math_attention=True), expected, atol=1e-5)
-        # QuickGELU folded into the MLP's weights (one SiLU kernel): the same function, to rounding.
-        folded = _fold_quick_gelu(weights)
-        assert not torch.equal(
-            folded["transformer.resblocks.0.mlp.c_fc.weight"],
-            weights["transformer.resblocks.0.mlp.c_fc.weight"],
+        # QuickGELU and the attention scale folded into the weights: the same function, to rounding.
+        folded = _fold_constants(weights, visual.transformer.resblocks[0].attn.num_heads)
+        for name in ("mlp.c_fc.weight", "attn.in_proj_weight"):  # (biases start at zero here)
+            key = f"transformer.resblocks.0.{name}"
+            assert not torch.equal(folded[key], weights[key]), key
+        for attention in (True, False):
+            out = _vit_forward(visual, folded, x, math_attention=attention, folded=True)
+            assert torch.allclose(out, expected, atol=1e-5), attention
+        # Unfolded weights with folded=True would be a different function: the check above can fail.
+        assert not torch.allclose(
+            _vit_forward(visual, weights, x, math_attention=True, folded=True), expected
         )
-        out = _vit_forward(visual, folded, x, math_attention=True, gelu_folded=True)
-        assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_all_off_matches_the_fp32_fast_path(tiny_models: LoadedModels) -> None:
