@@ -153,7 +153,7 @@ def _vit_forward(
     # The patch embedding, a conv with stride = kernel size, as one matmul over the cut-up picture: the
     # same sums, but its backward is a matmul too. On CPU the conv's input gradient (a strided transposed
     # conv) took 11x its forward: 305 ms a step at 32 cutouts (bf16, one thread), 16 ms as a matmul.
-    patches = x.view(n, channels, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
+    patches = x.reshape(n, channels, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
     x = patches.reshape(n, grid * grid, channels * patch * patch) @ kernel.reshape(e, -1).T  # (n, g*g, E)
     cls = w["class_embedding"].to(x.dtype).expand(n, 1, e)
     x = torch.cat([cls, x], 1) + w["positional_embedding"].to(x.dtype)  # (n, L, E)
