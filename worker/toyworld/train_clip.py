@@ -326,10 +326,11 @@ def train_clip(
             assert painted is not None
             negatives = model.encode_image(normalize(augment(painted, settings, g)))  # (M, D)
         own_negatives = None
-        fakes, owners = counterfeits(idx.tolist(), texts, data.scenes, settings.counterfeits, caption_rng)
-        if owners:
-            fake_features = model.encode_image(normalize(augment(fakes, settings, g)))  # (K, D)
-            own_negatives = (fake_features, torch.tensor(owners))
+        if settings.counterfeits:  # off (the shipped setting): no draws, so the random streams are unchanged
+            fakes, owners = counterfeits(idx.tolist(), texts, data.scenes, settings.counterfeits, caption_rng)
+            if owners:
+                fake_features = model.encode_image(normalize(augment(fakes, settings, g)))  # (K, D)
+                own_negatives = (fake_features, torch.tensor(owners))
         loss = contrastive_loss(
             image_features, text_features, model.logit_scale, same, negatives, own_negatives
         )
