@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         default=ClipTraining.counterfeits,
         help="near misses per CLIP step (0, the shipped setting, turns them off)",
     )
+    parser.add_argument(
+        "--adversary-lifetime",
+        type=int,
+        default=None,
+        help=f"updates an adversary painting gets before it restarts from random codes "
+        f"(default {ClipTraining.adversary_lifetime}; 3 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
@@ -179,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps, counterfeits=args.counterfeits)
+    clip_settings = ClipTraining(
+        seed=args.seed,
+        steps=args.clip_steps,
+        counterfeits=args.counterfeits,
+    )
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)
@@ -194,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             adversary_lifetime=3,
         )
         train_pictures = min(train_pictures, 200)
+    if args.adversary_lifetime is not None:
+        clip_settings = replace(clip_settings, adversary_lifetime=args.adversary_lifetime)
     manifest = run(
         args.out,
         args.seed,
