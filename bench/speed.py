@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.engine import PROMPT, BareLoop
 from worker.engine import BatchPainter, GenerationConfig, Painter
@@ -106,6 +107,30 @@ def _run_interleaved(variants: list[Variant], device: torch.device, measure: int
             else:
                 v.peak_bytes = v.memory.peak
             print(f"  round {rnd} {v.name}: {elapsed:.3f} s", file=sys.stderr, flush=True)
+
+
+def _step_flops(step: Callable[[], object]) -> int:
+    """Matrix-multiply and convolution FLOPs of one step, forward and backward (torch's own counter).
+    The step runs once to be counted: call it before the timed rounds, as one more warm-up step."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one large square matmul in `dtype` on `device` (median of `repeats`): what this machine's
+    matrix units deliver to PyTorch, the ceiling for a step made of matrix products."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
 
 
 def _painter(models: LoadedModels, size: int, cutn: int, seed: int, options: EngineOptions) -> Painter:
@@ -218,9 +243,10 @@ def batch(args: argparse.Namespace, models: LoadedModels) -> list[dict[str, obje
             variants.append(
                 Variant(f"batch {n}", BatchPainter(models, painters).step, time.perf_counter() - start)
             )
+        flops = [_step_flops(v.step) for v in variants]
         _run_interleaved(variants, models.device, args.measure)
         base = None
-        for n, v in zip(args.batch, variants, strict=True):
+        for n, v, f in zip(args.batch, variants, flops, strict=True):
             job_s = ITERATIONS * v.s_per_it  # the batch finishes n jobs in this time
             jobs_per_hour = 3600 * n / job_s
             base = base or jobs_per_hour
@@ -233,6 +259,8 @@ def batch(args: argparse.Namespace, models: LoadedModels) -> list[dict[str, obje
                     "jobs_per_hour": round(jobs_per_hour, 1),
                     "vs_batch_1": round(jobs_per_hour / base, 2),
                     "peak_mb": round(v.peak_bytes / 2**20),
+                    "gflop_per_job_step": round(f / n / 1e9, 1),
+                    "gflop_per_s": round(f / v.s_per_it / 1e9),
                     "measured_iterations": len(v.times),
                 }
             )
@@ -257,12 +285,13 @@ def _markdown(kind: str, rows: list[dict[str, object]]) -> str:
         lines += [f"| {r['variant']} | {r['s_per_it']:.3f} | {r['speedup_vs_off']:.2f}x |" for r in rows]
     else:
         lines = [
-            "| size | cutn | batch | s/step | jobs/hour | vs batch 1 | peak MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| size | cutn | batch | s/step | jobs/hour | vs batch 1 | GFLOP per job-step | GFLOP/s "
+            "| peak MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {r['size']} | {r['cutn']} | {r['batch']} | {r['s_per_step']:.3f} | {r['jobs_per_hour']:.1f} "
-            f"| {r['vs_batch_1']:.2f}x | {r['peak_mb']} |"
+            f"| {r['vs_batch_1']:.2f}x | {r['gflop_per_job_step']} | {r['gflop_per_s']} | {r['peak_mb']} |"
             for r in rows
         ]
     return "\n".join(lines)
@@ -303,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(_header(args, models))
         print(_markdown(args.kind, rows))
+        if args.kind == "batch":
+            dtype = EngineOptions().resolve(models.device).dtype
+            ceiling = matmul_ceiling(models.device, dtype)
+            print(f"ceiling: one 2048x2048 {dtype} matmul runs at {ceiling / 1e9:.0f} GFLOP/s here")
     return 0
 
 
