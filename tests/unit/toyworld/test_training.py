@@ -174,11 +174,13 @@ def test_vqgan_training_is_deterministic() -> None:
 def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
     from worker.toyworld.train import main
 
-    assert main(["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]) == 0
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]
+    assert main([*argv, "--adversary-lifetime", "2"]) == 0
     manifest = json.loads((tmp_path / spec.MANIFEST_FILE).read_text())
     for name, entry in manifest["files"].items():
         assert sha256_file(tmp_path / name) == entry["sha256"]
     assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100
+    assert manifest["clip_training"]["settings"]["adversary_lifetime"] == 2  # the flag beats --quick's 3
     load_vqgan(spec.VQGAN_CONFIG, tmp_path / spec.VQGAN_FILE)
     load_clip(tmp_path / spec.CLIP_FILE, expected=spec.CLIP_CONFIG)
 
