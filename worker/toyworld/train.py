@@ -186,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(
-        seed=args.seed,
-        steps=args.clip_steps,
-        counterfeits=args.counterfeits,
-    )
+    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps, counterfeits=args.counterfeits)
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)
