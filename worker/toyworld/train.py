@@ -175,6 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"updates an adversary painting gets before it restarts from random codes "
         f"(default {ClipTraining.adversary_lifetime}; 3 with --quick)",
     )
+    parser.add_argument(
+        "--counterfeit-blobs",
+        type=float,
+        default=ClipTraining.counterfeit_blobs,
+        help="fraction of the counterfeits that are irregular blobs in the shape's colours",
+    )
+    parser.add_argument(
+        "--adversary-pairs",
+        action=argparse.BooleanOptionalAction,
+        default=ClipTraining.adversary_pairs,
+        help="put each adversary painting's target picture and caption into the batch, so the painting "
+        f"competes with it under its own caption (default {ClipTraining.adversary_pairs})",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
@@ -186,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps, counterfeits=args.counterfeits)
+    clip_settings = ClipTraining(
+        seed=args.seed,
+        steps=args.clip_steps,
+        counterfeits=args.counterfeits,
+        counterfeit_blobs=args.counterfeit_blobs,
+        adversary_pairs=args.adversary_pairs,
+    )
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)

@@ -11,8 +11,10 @@ the decoder towards a caption's text feature, against the CLIP being trained). T
 pictures in every caption's softmax that no caption describes: CLIP learns to score the blobs the
 optimisation finds below the world's real pictures, so that following its gradient leads to them.
 The adversary's paintings are negatives for every caption alike. `counterfeits` (off unless asked for)
-adds near misses for one caption each: its one-shape picture with the shape repeated or moved, aimed at
-the engine painting several white blobs for "a white circle".
+adds near misses for one caption each: its one-shape picture with the shape repeated or moved, or with
+`counterfeit_blobs` its colours as irregular blobs, aimed at the engine painting several white blobs for
+"a white circle". `adversary_pairs` (off) puts each painting's target picture and caption into the batch.
+Neither fixed the white circle; MODELS.md has the figures.
 
 Augmentations are what the engine's cutouts do to a whole picture (zoom, shift, rotation, noise) but
 never a flip: captions say left and right. Text features use only the first L token positions
@@ -65,9 +67,14 @@ class ClipTraining:
     # and negative-weight checks failed 4 of 18 times over seeds 1-6, with 150 once (MODELS.md).
     adversary_lifetime: int = 150
     adversary_lr: float = 0.1  # the engine's default step size
+    # Put the world picture each adversary latent is painting towards (as the VQGAN reconstructs it) and its
+    # caption into every batch, so each painting competes in its own caption's softmax against the real
+    # picture. Without them a painting meets its own caption only when a random batch happens to draw it.
+    adversary_pairs: bool = False
     # Per step at most: one-shape pictures shown, as a near miss, to their own caption. Off for the shipped
     # weights: a run with 32 did not fix the white circle and weakened the negative weight (MODELS.md).
     counterfeits: int = 0
+    counterfeit_blobs: float = 0.0  # fraction of counterfeits that are irregular blobs in the shape's colours
 
 
 class Tokens:
@@ -153,6 +160,10 @@ class Adversary:
         self.m, self.v = torch.zeros_like(self.z), torch.zeros_like(self.z)
         self.age = torch.zeros(n, dtype=torch.long)
         self.captions: list[str] = [""] * n
+        self.painting: list[world.Scene] = [self.scenes[0]] * n  # the scene each caption was drawn from
+        # With adversary_pairs: each latent's target picture, VQGAN-reconstructed, (N, 3, S, S) in [0, 1].
+        self.targets = torch.zeros(n, 3, size, size) if settings.adversary_pairs else None
+        self.last_pairs: tuple[torch.Tensor, list[str]] | None = None  # see `pairs`
         self._cursor = 0
         for i in range(n):
             self._restart(i)
@@ -167,6 +178,19 @@ class Adversary:
         self.age[i] = 0
         scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.g))]
         self.captions[i] = world.captions_for([scene], self.caption_rng)[0]
+        self.painting[i] = scene
+        if self.targets is not None:  # draws nothing: the random streams are the same either way
+            from worker.toyworld.train_vqgan import reconstruct
+
+            pixels = torch.from_numpy(world.render(scene, self.targets.shape[-1])).permute(2, 0, 1)
+            with torch.no_grad():
+                self.targets[i] = reconstruct(self.vqgan, pixels[None].float().div(255))[0]
+
+    def pairs(self) -> tuple[torch.Tensor, list[str]]:
+        """For the pictures `paint` last returned: the target pictures (B, 3, S, S) and the captions they
+        were painted towards (taken before any of those latents restarted with a new caption)."""
+        assert self.last_pairs is not None, "adversary_pairs is off, or nothing was painted yet"
+        return self.last_pairs
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, h, w) to pictures (N, 3, S, S) in [0, 1], differentiable in z (the engine's)."""
@@ -181,8 +205,9 @@ class Adversary:
         settings = self.settings
         idx = (torch.arange(settings.adversary_batch) + self._cursor) % settings.adversary_pool
         self._cursor = int(idx[-1]) + 1
+        captions = [self.captions[i] for i in idx.tolist()]
         with torch.no_grad():
-            targets = F.normalize(encode_text_short(model, tokens([self.captions[i] for i in idx])), dim=-1)
+            targets = F.normalize(encode_text_short(model, tokens(captions)), dim=-1)
         z = self.z[idx].clone().requires_grad_(True)
         # bf16 where the CPU has it natively (as the engine runs): the decoder's backward dominates here.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
@@ -199,6 +224,8 @@ class Adversary:
             self.v[idx] = 0.999 * self.v[idx] + 0.001 * grad.square()
             step = (self.m[idx] / (1 - 0.9**t)) / ((self.v[idx] / (1 - 0.999**t)).sqrt() + 1e-8)
             self.z[idx] = (self.z[idx] - settings.adversary_lr * step).maximum(self.z_min).minimum(self.z_max)
+        if self.targets is not None:
+            self.last_pairs = (self.targets[idx].clone(), captions)
         for i in idx.tolist():
             if self.age[i] >= settings.adversary_lifetime:
                 self._restart(i)
@@ -258,6 +285,7 @@ def counterfeits(
     limit: int,
     rng: np.random.Generator,
     size: int = 64,
+    p_blobs: float = 0.0,
 ) -> tuple[torch.Tensor, list[int]]:
     """Near misses (K, 3, S, S) in [0, 1] of up to `limit` of the batch's one-shape pictures, and the
     batch rows they belong to. "a picture" describes any picture, so it gets none."""
@@ -266,7 +294,7 @@ def counterfeits(
     for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
         if len(fakes) == limit:
             break
-        fake = world.counterfeit(scenes[i], rng) if text != world.GENERIC_CAPTION else None
+        fake = world.counterfeit(scenes[i], rng, p_blobs) if text != world.GENERIC_CAPTION else None
         if fake is not None:
             fakes.append(fake)
             owners.append(row)
@@ -318,19 +346,33 @@ def train_clip(
         if reconstructed is not None:
             shown = idx < len(reconstructed)
             pixels[shown] = reconstructed[idx[shown]].float().div(255)
+        # The random draws keep this order (batch views, adversary, its pairs, its paintings' views,
+        # counterfeits), so that a setting left off changes nothing in a run's streams.
         views = augment(pixels, settings, g)
-        image_features = model.encode_image(normalize(views))  # (B, D)
-        text_features = encode_text_short(model, tokens(texts))  # (B, D)
-        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
         negatives = None
         if adversary is not None:
             if step % settings.adversary_every == 0:
                 painted = adversary.paint(model, tokens, normalize)  # (M, 3, S, S)
             assert painted is not None
+            if settings.adversary_pairs:  # each painting meets its own caption's picture in the batch
+                targets, target_texts = adversary.pairs()
+                views = torch.cat([views, augment(targets, settings, g)])  # (B + M, 3, S, S)
+                texts = texts + target_texts
             negatives = model.encode_image(normalize(augment(painted, settings, g)))  # (M, D)
+        image_features = model.encode_image(normalize(views))  # (B, D), or (B + M, D) with pairs
+        text_features = encode_text_short(model, tokens(texts))
+        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
         own_negatives = None
         if settings.counterfeits:  # off (the shipped setting): no draws, so the random streams are unchanged
-            fakes, owners = counterfeits(idx.tolist(), texts, data.scenes, settings.counterfeits, caption_rng)
+            batch_texts = texts[: settings.batch]
+            fakes, owners = counterfeits(
+                idx.tolist(),
+                batch_texts,
+                data.scenes,
+                settings.counterfeits,
+                caption_rng,
+                p_blobs=settings.counterfeit_blobs,
+            )
             if owners:
                 fake_features = model.encode_image(normalize(augment(fakes, settings, g)))  # (K, D)
                 own_negatives = (fake_features, torch.tensor(owners))

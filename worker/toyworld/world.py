@@ -80,6 +80,7 @@ class Scene:
     offset: tuple[float, float] = (0.0, 0.0)  # centre jitter, fraction of the side
     period: int = 4  # stripes/checkerboard/dots: cells across the picture
     copies: tuple[tuple[float, float], ...] = ()  # shape: more centres with the same shape (counterfeits)
+    blobs: int = -1  # shape, counterfeits only: >= 0 paints blobs from this seed instead of the shape
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(kind=kind, colours=names, rgb=rgb, **extra)
 
 
-def counterfeit(scene: Scene, rng: np.random.Generator) -> Scene | None:
+def counterfeit(scene: Scene, rng: np.random.Generator, p_blobs: float = 0.0) -> Scene | None:
     """A near miss of a one-shape scene that none of its captions describes (None for other kinds):
     half the time the shape is repeated 1-3 times elsewhere (centres 2.3 radii or more apart across or
     down, so no two touch), otherwise it is moved to another named position. Any caption of `scene`
@@ -144,6 +145,8 @@ def counterfeit(scene: Scene, rng: np.random.Generator) -> Scene | None:
     """
     if scene.kind != "shape":
         return None
+    if p_blobs and rng.random() < p_blobs:  # no draw when off: the random stream is unchanged
+        return replace(scene, blobs=int(rng.integers(2**31)))
     if rng.random() < 0.5:
         r = SIZES[scene.size]
         cx, cy = POSITIONS[scene.position]
@@ -179,6 +182,25 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: 
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _blob_mask(seed: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Irregular blobs covering 10-40% of the picture, some at the edges: a smooth random field (a 5x5 grid
+    of uniform values, bilinear between them) above its quantile. What the engine paints when CLIP
+    rewards a colour pair more than a shape."""
+    rng = np.random.default_rng(seed)
+    grid = rng.random((5, 5))
+    coverage = rng.uniform(0.1, 0.4)
+    gx, gy = xs * 4, ys * 4  # [0, 4]
+    x0, y0 = np.minimum(gx.astype(int), 3), np.minimum(gy.astype(int), 3)
+    fx, fy = gx - x0, gy - y0
+    field = (
+        grid[y0, x0] * (1 - fx) * (1 - fy)
+        + grid[y0, x0 + 1] * fx * (1 - fy)
+        + grid[y0 + 1, x0] * (1 - fx) * fy
+        + grid[y0 + 1, x0 + 1] * fx * fy
+    )
+    return field >= np.quantile(field, 1 - coverage)
+
+
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """The scene as a (size, size, 3) uint8 picture."""
     n = size * _SUPERSAMPLE
@@ -192,7 +214,9 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     elif scene.kind == "shape":
         canvas[:] = rgb[1]
         cx, cy = POSITIONS[scene.position]
-        for x, y in ((cx + dx, cy + dy), *scene.copies):
+        if scene.blobs >= 0:
+            canvas[_blob_mask(scene.blobs, xs, ys)] = rgb[0]
+        for x, y in ((cx + dx, cy + dy), *scene.copies) if scene.blobs < 0 else ():
             canvas[_shape_mask(scene.shapes[0], x, y, SIZES[scene.size], xs, ys)] = rgb[0]
     elif scene.kind == "two_shapes":
         canvas[:] = rgb[2]

@@ -133,6 +133,34 @@ def test_the_adversary_paints_towards_its_captions_and_restarts() -> None:
     assert adversary.captions != captions or not torch.equal(adversary.z, z_start)
 
 
+def test_adversary_pairs_are_the_pictures_and_captions_it_painted_towards() -> None:
+    vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
+    clip_model = load_clip(spec.WEIGHTS_DIR / spec.CLIP_FILE, expected=spec.CLIP_CONFIG).float().eval()
+    settings = ClipTraining(adversary_pool=4, adversary_batch=2, adversary_lifetime=1, adversary_pairs=True)
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    adversary = Adversary(vqgan, world.scenes(0, range(50)), settings, g, rng)
+    tokens, normalize = Tokens(spec.CLIP_CONFIG["context_length"]), Normalize()
+    captions, scenes = adversary.captions[:2], adversary.painting[:2]
+    adversary.paint(clip_model, tokens, normalize)  # advances latents 0 and 1, which then restart
+    assert adversary.painting[:2] != scenes  # seeded; both redrawn unchanged would be 1 in 2,500
+    targets, texts = adversary.pairs()
+    assert texts == captions  # the captions painted towards, not the new ones
+    assert targets.shape == (2, 3, 64, 64)
+    for target, scene in zip(targets, scenes, strict=True):  # the VQGAN's picture of the scene
+        rendered = torch.from_numpy(world.render(scene)).permute(2, 0, 1).float() / 255
+        assert float((target - rendered).square().mean()) < 0.02
+
+
+def test_adversary_pairs_are_off_unless_asked_for() -> None:
+    vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
+    settings = ClipTraining(adversary_pool=2, adversary_batch=2)
+    adversary = Adversary(
+        vqgan, world.scenes(0, range(5)), settings, torch.Generator().manual_seed(0), np.random.default_rng(0)
+    )
+    with pytest.raises(AssertionError, match="adversary_pairs is off"):
+        adversary.pairs()
+
+
 def test_quantize_picks_the_nearest_code_and_passes_gradients_straight_through() -> None:
     codebook = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]])
     z = torch.tensor([[0.9, 1.2], [-1.5, 0.1]]).T.reshape(1, 2, 1, 2).requires_grad_(True)
@@ -175,8 +203,9 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
     from worker.toyworld.train import main
 
     argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]
-    assert main([*argv, "--adversary-lifetime", "2"]) == 0
+    assert main([*argv, "--adversary-lifetime", "2", "--adversary-pairs"]) == 0
     manifest = json.loads((tmp_path / spec.MANIFEST_FILE).read_text())
+    assert manifest["clip_training"]["settings"]["adversary_pairs"] is True
     for name, entry in manifest["files"].items():
         assert sha256_file(tmp_path / name) == entry["sha256"]
     assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100

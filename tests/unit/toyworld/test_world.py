@@ -258,3 +258,21 @@ def test_counterfeits_repeat_or_move_the_shape_and_keep_everything_else() -> Non
     # Only one-shape scenes have counterfeits.
     others = [s for s in world.scenes(0, range(100)) if s.kind != "shape"]
     assert others and all(world.counterfeit(s, rng) is None for s in others)
+
+
+def test_blob_counterfeits_paint_irregular_blobs_in_the_shapes_colours() -> None:
+    shapes = [s for s in world.scenes(0, range(200)) if s.kind == "shape"]
+    rng = np.random.default_rng(0)
+    for scene in shapes[:20]:
+        fake = world.counterfeit(scene, rng, p_blobs=1.0)
+        assert fake is not None and fake.blobs >= 0
+        picture, real = world.render(fake), world.render(scene)
+        foreground, background = _close(picture, scene.rgb[0], tol=2), _close(picture, scene.rgb[1], tol=2)
+        # Only the two colours (edges anti-aliased between them), in a 10-40% share, and not the shape.
+        assert (foreground | background).mean() > 0.85
+        assert 0.07 < foreground.mean() < 0.43, foreground.mean()
+        assert not np.array_equal(picture, real)
+        assert np.array_equal(picture, world.render(fake))  # a pure function of the scene
+    # Off (the default), no draw is made: the same counterfeits as before blobs existed.
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [world.counterfeit(s, a) for s in shapes] == [world.counterfeit(s, b, 0.0) for s in shapes]
