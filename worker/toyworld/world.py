@@ -140,7 +140,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 def counterfeit(scene: Scene, rng: np.random.Generator, p_blobs: float = 0.0) -> Scene | None:
     """A near miss of a one-shape scene that none of its captions describes (None for other kinds):
     half the time the shape is repeated 1-3 times elsewhere (centres 2.3 radii or more apart across or
-    down, so no two touch), otherwise it is moved to another named position. Any caption of `scene`
+    down, so no two touch), otherwise it is moved to another named position. With `p_blobs`, that share
+    of them are its two colours as irregular blobs instead (`_blob_mask`). Any caption of `scene`
     other than "a picture" names or implies one shape at one position (an unnamed one is the middle).
     """
     if scene.kind != "shape":
@@ -216,8 +217,9 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
         cx, cy = POSITIONS[scene.position]
         if scene.blobs >= 0:
             canvas[_blob_mask(scene.blobs, xs, ys)] = rgb[0]
-        for x, y in ((cx + dx, cy + dy), *scene.copies) if scene.blobs < 0 else ():
-            canvas[_shape_mask(scene.shapes[0], x, y, SIZES[scene.size], xs, ys)] = rgb[0]
+        else:
+            for x, y in ((cx + dx, cy + dy), *scene.copies):
+                canvas[_shape_mask(scene.shapes[0], x, y, SIZES[scene.size], xs, ys)] = rgb[0]
     elif scene.kind == "two_shapes":
         canvas[:] = rgb[2]
         for i, (cx, shape) in enumerate(zip((0.27, 0.73), scene.shapes, strict=True)):
