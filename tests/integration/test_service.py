@@ -150,11 +150,12 @@ def test_cancel_running_job_stops_it(http: httpx.Client) -> None:
 
 
 def test_cancel_queued_job_never_starts(http: httpx.Client) -> None:
-    # Fill both pool slots with long jobs so that the third one waits in the queue.
+    # Fill both pool slots with long jobs so that the third one waits in the queue. The third is another
+    # picture size: a job of the blockers' size could join one of their running batches instead.
     blockers = [submit(http, iterations=1000) for _ in range(2)]
     for blocker in blockers:
         wait_until(http, blocker["id"], {"running"})
-    queued = submit(http, iterations=5)
+    queued = submit(http, iterations=5, width=48, height=48)
     view = http.get(f"/v1/jobs/{queued['id']}").json()
     assert view["status"] == "queued" and view["queue_position"] == 1
     assert http.post(f"/v1/jobs/{queued['id']}/cancel").status_code == 202
