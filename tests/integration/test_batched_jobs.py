@@ -32,7 +32,9 @@ BASE = {"width": 48, "height": 48, "cutn": 4}
 
 @pytest.fixture
 def http(tmp_path: Path) -> Iterator[httpx.Client]:
-    stack = Stack(tmp_path, engine_precision="fp32", batch_size="4")
+    # Memory fraction 1: jobs this small fit anywhere, and a CI machine short of RAM must not turn
+    # batching off for this test (the memory bound has its own unit tests).
+    stack = Stack(tmp_path, engine_precision="fp32", batch_size="4", batch_memory_fraction="1")
     try:
         stack.start_worker("batcher", concurrency=1)
         with httpx.Client(base_url=stack.start_api(), timeout=30) as client:

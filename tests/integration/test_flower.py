@@ -84,9 +84,14 @@ def _run_one_job(stack: Stack) -> str:
 def test_flower_lists_the_worker_and_the_finished_job(stack: Stack, flower_url: str) -> None:
     job_id = _run_one_job(stack)
 
-    workers = httpx.get(f"{flower_url}/api/workers", params={"refresh": "1"}, auth=AUTH, timeout=30)
-    assert workers.status_code == 200
-    info: dict[str, Any] = workers.json()[WORKER_NAME]
+    def inspected() -> dict[str, Any] | None:
+        # refresh=1 makes Flower inspect the workers; a busy worker may miss its 1 s reply window once.
+        workers = httpx.get(f"{flower_url}/api/workers", params={"refresh": "1"}, auth=AUTH, timeout=30)
+        assert workers.status_code == 200
+        info: dict[str, Any] | None = workers.json().get(WORKER_NAME)
+        return info if info and "active_queues" in info else None
+
+    info = wait_for(inspected, 30, "Flower's inspect reply from the worker", interval_s=0.5)
     # The inspect reply shows the queue this worker serves.
     assert queue_for("tiny") in {queue["name"] for queue in info["active_queues"]}
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.conftest import wait_for
 from tests.integration.test_service import TERMINAL, submit, wait_until
 
 
@@ -32,12 +32,19 @@ def test_metrics_count_the_jobs_that_ran(http: httpx.Client) -> None:
     wait_until(http, long["id"], {"running"})
     http.post(f"/v1/jobs/{long['id']}/cancel")
     assert wait_until(http, long["id"], TERMINAL)["status"] == "canceled"
-    time.sleep(0.2)
     after = scrape(http)
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
+
+    # The worker records a job's figures just after its final state, which wait_until may see first.
+    def recorded() -> bool:
+        nonlocal after
+        after = scrape(http)
+        return delta("artgen_job_duration_seconds_count", model="tiny") >= 3
+
+    wait_for(recorded, 10, "the canceled job's figures")
 
     assert delta("artgen_jobs_submitted_total", model="tiny") == 3
     assert delta("artgen_jobs_finished_total", model="tiny", state="succeeded") == 2

@@ -150,12 +150,15 @@ def test_cancel_running_job_stops_it(http: httpx.Client) -> None:
 
 
 def test_cancel_queued_job_never_starts(http: httpx.Client) -> None:
-    # Fill both pool slots with long jobs so that the third one waits in the queue. The third is another
-    # picture size: a job of the blockers' size could join one of their running batches instead.
-    blockers = [submit(http, iterations=1000) for _ in range(2)]
+    # Fill both pool slots with long jobs so that the third one waits in the queue. All three are of
+    # different picture sizes: a job of a running job's size could join its batch instead (batching is on
+    # by default), the second blocker taking no slot of its own or the third not waiting.
+    blockers = [submit(http, iterations=1000, width=64, height=h) for h in (64, 48)]
     for blocker in blockers:
         wait_until(http, blocker["id"], {"running"})
-    queued = submit(http, iterations=5, width=48, height=48)
+    queued = submit(http, iterations=5, width=48, height=32)
+    for blocker in blockers:
+        assert http.get(f"/v1/jobs/{blocker['id']}").json()["batch"] in (None, 1)  # each in its own slot
     view = http.get(f"/v1/jobs/{queued['id']}").json()
     assert view["status"] == "queued" and view["queue_position"] == 1
     assert http.post(f"/v1/jobs/{queued['id']}/cancel").status_code == 202
@@ -171,8 +174,11 @@ def test_cancel_queued_job_never_starts(http: httpx.Client) -> None:
 
 
 def test_original_api_aliases(http: httpx.Client) -> None:
+    # It answers once the job is done: few iterations, and time to spare on a loaded machine.
     response = http.post(
-        "/v1/generate_text2img", params={"prompt": "a lighthouse", "width": 64, "height": 64}
+        "/v1/generate_text2img",
+        params={"prompt": "a lighthouse", "width": 64, "height": 64, "iterations": 20},
+        timeout=120,
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/jpeg"
@@ -227,7 +233,7 @@ def test_bad_input_is_a_clear_4xx(http: httpx.Client, body: dict[str, Any], frag
 
 
 def test_events_stream_progress_then_finished(http: httpx.Client, api_url: str) -> None:
-    job = submit(http, iterations=12)
+    job = submit(http, iterations=80)  # still running when the stream opens, so progress is streamed
     events: list[str] = []
     with (
         httpx.Client(base_url=api_url, timeout=60) as sse,
