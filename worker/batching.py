@@ -101,7 +101,10 @@ class MemoryBudget:
             return
         used = max(0, self.measure.peak() - self._base)
         per_cutout = -(-used // cutouts)  # ceiling: never under-estimate
-        if per_cutout > self.per_cutout.get(shape, 0):
+        # A step may need nothing above the base: on CPU the resident set already holds memory that earlier
+        # work freed (the allocator keeps it), and the step fits in it. That is a measurement too: without
+        # it the shape would stay unmeasured and nothing would ever join its batches in this process.
+        if shape not in self.per_cutout or per_cutout > self.per_cutout[shape]:
             self.per_cutout[shape] = per_cutout
 
     def fits(self, shape: Shape, cutouts: int) -> bool:

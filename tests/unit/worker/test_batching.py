@@ -56,6 +56,21 @@ def test_a_job_joins_while_the_measured_footprint_leaves_room(memory: FakeMemory
     assert not budget.fits(("tiny", 128, 128), 1)  # another shape is measured on its own
 
 
+def test_a_step_that_needs_no_memory_above_the_base_counts_as_measured(memory: FakeMemory) -> None:
+    # On CPU the resident set can already hold what a step needs (freed by earlier work, kept by the
+    # allocator): the step's footprint above the base is 0, and jobs of that shape may still join.
+    budget = MemoryBudget(fraction=0.8, measure=memory)
+    budget.start_batch()
+    budget.before_step()
+    budget.after_step(SHAPE, 8)  # the peak stayed at the base
+    assert budget.per_cutout[SHAPE] == 0
+    assert budget.fits(SHAPE, 8)
+    budget.before_step()
+    memory.top = 3 * GIB  # a later, larger step does need more: the footprint grows to it
+    budget.after_step(SHAPE, 16)
+    assert budget.per_cutout[SHAPE] == GIB // 16
+
+
 def test_the_largest_footprint_seen_is_kept(memory: FakeMemory) -> None:
     budget = MemoryBudget(fraction=0.5, measure=memory)
     budget.start_batch()
