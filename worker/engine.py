@@ -57,8 +57,9 @@ class GenerationConfig:
     init_weight: float = 0.0  # weight of MSE(z, z_init) * w / 2 (the notebook's, constant, no decay)
     image_prompts: list[Image.Image] = field(default_factory=list)  # weight 1 each, CLIP-encoded cutouts
     augment: bool = True  # per-cutout augmentations + noise (off only for benchmarks/tests)
-    noise_init: Literal["codes", "pixels"] = "codes"  # no init image: random codebook entries
-    # (the notebook's), or uniform pixel noise encoded by the VQGAN (smoother start)
+    # No init image: start from random codebook entries (the notebook's) or from uniform pixel noise
+    # encoded by the VQGAN (a smoother, greyish start). None: the model's own choice (Preset.noise_init).
+    noise_init: Literal["codes", "pixels"] | None = None
     noise_fac: float = 0.1  # per-cutout Gaussian noise std drawn from U(0, noise_fac), as the notebook
 
 
@@ -379,7 +380,7 @@ def validate_config(config: GenerationConfig, factor: int = 16) -> list[PromptSp
         raise ValueError("cut_pow and step_size must be positive")
     if config.init_weight and config.init_image is None:
         raise ValueError("init_weight needs an init_image")
-    if config.noise_init not in ("codes", "pixels"):
+    if config.noise_init not in (None, "codes", "pixels"):
         raise ValueError(f"noise_init must be 'codes' or 'pixels', not {config.noise_init!r}")
     return specs
 
@@ -396,6 +397,8 @@ class Painter:
         vqgan = models.vqgan
         text_specs = validate_config(config, vqgan.factor)
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        # How a picture without an init image starts: the config's choice, else the model's.
+        self.noise_init = config.noise_init or (models.preset.noise_init if models.preset else "codes")
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.iteration = 0
         self.make_cutouts = MakeCutouts(
@@ -412,7 +415,7 @@ class Painter:
             # --- initial latent: an init picture's codes, or noise
             if config.init_image is not None:
                 z = self._encode(_to_tensor(config.init_image, config.width, config.height, self.device))
-            elif config.noise_init == "pixels":
+            elif self.noise_init == "pixels":
                 pixels = torch.rand(
                     1, 3, config.height, config.width, generator=self.generator, device=self.device
                 )

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -99,6 +99,9 @@ class Preset:
     note: str | None = None  # shown wherever the model is used (e.g. "pictures are not art")
     random_seed: int | None = None  # set: random weights from this seed, no files (the `tiny` preset)
     bundled_dir: Path | None = None  # set: files ship in this folder of the package, not in models_dir
+    # How a painting without an init image starts (worker.engine.GenerationConfig.noise_init): random
+    # codebook entries, as the notebook does, or VQGAN-encoded pixel noise.
+    noise_init: Literal["codes", "pixels"] = "codes"
 
     def files(self) -> list[WeightFile]:
         return [
@@ -498,9 +501,19 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def clip_from_state(state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A float32 CLIP with exactly these weights, its architecture inferred from the state dict."""
+    clip = import_clip()
+    state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    with torch.random.fork_rng(devices=[]):  # building draws random initial weights
+        # build_model infers the architecture but rounds weights through fp16; reload them exactly.
+        model = clip.model.build_model(dict(state)).float()
+    model.load_state_dict(state)
+    return model
+
+
 def load_clip(path: Path, verified: bool = False, expected: Mapping[str, Any] | None = None) -> nn.Module:
     """CLIP from a TorchScript archive (as OpenAI ships it), a state dict, or safetensors."""
-    clip = import_clip()
     if _is_torchscript(path):
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()  # no pickle: TorchScript
@@ -509,15 +522,7 @@ def load_clip(path: Path, verified: bool = False, expected: Mapping[str, Any] | 
     else:
         state = _read_state_dict(path, verified)
     try:
-        with torch.random.fork_rng(devices=[]):
-            # build_model infers the architecture but rounds weights through fp16; reload them exactly.
-            state = {
-                k: v
-                for k, v in state.items()
-                if k not in ("input_resolution", "context_length", "vocab_size")
-            }
-            model = clip.model.build_model(dict(state)).float()
-            model.load_state_dict(state)
+        model = clip_from_state(state)
     except (KeyError, RuntimeError, AttributeError) as error:
         raise ModelLoadError(f"{path} is not a CLIP checkpoint: {error}") from error
     if expected is not None:

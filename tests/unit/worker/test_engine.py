@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -241,6 +242,23 @@ def test_resume_is_bit_exact(tiny_models: LoadedModels) -> None:
     assert png_bytes(result.image) == png_bytes(straight.image())
 
 
+def test_the_start_is_the_configs_choice_else_the_models(tiny_models: LoadedModels) -> None:
+    def start(models: LoadedModels, noise_init: str | None) -> tuple[str, torch.Tensor]:
+        painter = Painter(models, _config(noise_init=noise_init))
+        return painter.noise_init, painter.z.detach().clone()
+
+    assert tiny_models.preset is not None and tiny_models.preset.noise_init == "codes"
+    kind, codes = start(tiny_models, None)
+    assert kind == "codes"
+    assert torch.equal(codes, start(tiny_models, "codes")[1])
+    kind, pixels = start(tiny_models, "pixels")
+    assert kind == "pixels" and not torch.equal(pixels, codes)
+    # A model whose preset starts from pixels does so unless the config says otherwise.
+    grey_first = replace(tiny_models, preset=replace(tiny_models.preset, noise_init="pixels"))
+    assert start(grey_first, None)[0] == "pixels" and torch.equal(start(grey_first, None)[1], pixels)
+    assert torch.equal(start(grey_first, "codes")[1], codes)
+
+
 def test_init_image_and_image_prompts(tiny_models: LoadedModels) -> None:
     picture = Image.new("RGB", (50, 40), (200, 30, 90))
     infos = []
@@ -256,7 +274,12 @@ def test_init_image_and_image_prompts(tiny_models: LoadedModels) -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"width": 40}, "multiple of 16"), ({"iterations": 0}, "at least 1"), ({"prompts": "x:1|"}, "empty")],
+    [
+        ({"width": 40}, "multiple of 16"),
+        ({"iterations": 0}, "at least 1"),
+        ({"prompts": "x:1|"}, "empty"),
+        ({"noise_init": "grey"}, "noise_init must be"),
+    ],
 )
 def test_bad_config_is_refused(tiny_models: LoadedModels, overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
