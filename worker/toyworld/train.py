@@ -3,6 +3,10 @@
     python -m worker.toyworld.train --out worker/toyworld     # reproduce the shipped files
     python -m worker.toyworld.train --quick --out /tmp/tw      # a fast smoke run (meaningless figures)
 
+CLIP is trained in two stages: the main one (`train_clip`, about 30 minutes) and a short fade stage
+(`fade_tune`, about 2 minutes) on its fp16 weights. `--base-clip FILE` skips the main stage and fade-tunes
+FILE (the main stage's output); `--fade-steps 0` skips the fade stage.
+
 Writes toyworld_vqgan.safetensors, toyworld_clip.safetensors and manifest.json (configs, SHA-256s,
 settings, figures) into --out. Everything is drawn from --seed; the figures printed are measured on the
 files as written (fp16), loaded by worker.models.load_vqgan / load_clip like any real checkpoint.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import logging
 import platform
@@ -23,15 +28,18 @@ from typing import Any
 
 import torch
 
-from worker.models import load_clip, load_vqgan, sha256_file
+from worker.models import clip_from_state, load_clip, load_vqgan, sha256_file
 from worker.toyworld import spec
 from worker.toyworld.data import HELD_OUT_START, distinct_caption_set, render_set
 from worker.toyworld.train_clip import (
     ClipTraining,
+    FadeTuning,
     colour_accuracy,
     evaluate_clip,
+    fade_tune,
     shippable_state,
     train_clip,
+    used_token_rows,
 )
 from worker.toyworld.train_vqgan import VqganTraining, evaluate_vqgan, reconstruct, train_vqgan
 
@@ -45,6 +53,13 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> str:
     return sha256_file(path)
 
 
+def _state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 the state's file would have (`_save` writes the same bytes)."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save({k: v.contiguous() for k, v in state.items()})).hexdigest()
+
+
 def run(
     out: Path,
     seed: int,
@@ -52,11 +67,15 @@ def run(
     held_out_pictures: int,
     vqgan_settings: VqganTraining,
     clip_settings: ClipTraining,
+    fade_settings: FadeTuning,
     progress: bool = True,
     reuse_vqgan: bool = False,
+    base_clip: Path | None = None,
 ) -> dict[str, Any]:
     """Train, save, reload and evaluate; returns the manifest written to out/manifest.json.
-    reuse_vqgan: keep the VQGAN file already in `out` (its training is deterministic) and train CLIP only."""
+    reuse_vqgan: keep the VQGAN file already in `out` (its training is deterministic) and train CLIP only.
+    base_clip: a file of CLIP's main stage (its training is deterministic too) to fade-tune instead of
+    training one. fade_settings.steps == 0: no fade stage, the main stage's CLIP is the one written."""
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -76,14 +95,32 @@ def run(
         vqgan_state = {k: v.detach().to(torch.float16) for k, v in vqgan.state_dict().items()}
         vqgan_sha = _save(vqgan_state, out / spec.VQGAN_FILE)
 
-    started = time.perf_counter()
-    # CLIP trains against the VQGAN as shipped (fp16 weights read back), the one the engine will use.
-    decoder = load_vqgan(spec.VQGAN_CONFIG, out / spec.VQGAN_FILE).float().eval()
-    clip_model, tokens, clip_stats = train_clip(
-        train_set, spec.CLIP_CONFIG, clip_settings, progress, vqgan=decoder
-    )
-    timings["clip_s"] = time.perf_counter() - started
-    clip_sha = _save(shippable_state(clip_model, tokens.used), out / spec.CLIP_FILE)
+    if base_clip is not None:
+        base_sha = sha256_file(base_clip)
+        clip_model = load_clip(base_clip, expected=spec.CLIP_CONFIG)
+        clip_stats: dict[str, Any] = {"settings": asdict(clip_settings), "reused_file": base_sha}
+    else:
+        started = time.perf_counter()
+        # CLIP trains against the VQGAN as shipped (fp16 weights read back), the one the engine will use.
+        decoder = load_vqgan(spec.VQGAN_CONFIG, out / spec.VQGAN_FILE).float().eval()
+        trained, tokens, clip_stats = train_clip(
+            train_set, spec.CLIP_CONFIG, clip_settings, progress, vqgan=decoder
+        )
+        timings["clip_s"] = time.perf_counter() - started
+        # The main stage's CLIP as it would ship (fp16, unused token rows zero), so that the fade stage
+        # starts from the same weights here as from that file given to --base-clip.
+        base_state = shippable_state(trained, tokens.used)
+        base_sha = _state_sha256(base_state)
+        clip_model = clip_from_state(base_state)
+    clip_stats["base_sha256"] = base_sha  # the main stage's CLIP file
+    fade_stats: dict[str, Any] = {"settings": asdict(fade_settings)}
+    used = used_token_rows(clip_model)
+    if fade_settings.steps:
+        started = time.perf_counter()
+        clip_model, fade_tokens, fade_stats = fade_tune(clip_model, train_set, fade_settings, progress)
+        timings["fade_s"] = time.perf_counter() - started
+        used |= fade_tokens.used
+    clip_sha = _save(shippable_state(clip_model, used), out / spec.CLIP_FILE)
 
     # Evaluate the files as shipped, read back through the same loaders as real checkpoints.
     shipped_vqgan = load_vqgan(spec.VQGAN_CONFIG, out / spec.VQGAN_FILE).float().eval()
@@ -109,6 +146,7 @@ def run(
         "clip_config": spec.CLIP_CONFIG,
         "vqgan_training": vqgan_stats,
         "clip_training": clip_stats,
+        "clip_fade_tuning": fade_stats,
         "evaluation": evaluation,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "torch": torch.__version__,
@@ -188,12 +226,30 @@ def main(argv: list[str] | None = None) -> int:
         help="put each adversary painting's target picture and caption into the batch, so the painting "
         f"competes with it under its own caption (default {ClipTraining.adversary_pairs})",
     )
+    parser.add_argument(
+        "--fade-steps",
+        type=int,
+        default=FadeTuning.steps,
+        help="steps of the fade stage (0 skips it: the main stage's CLIP is written)",
+    )
+    parser.add_argument(
+        "--base-clip",
+        type=Path,
+        default=None,
+        help="skip CLIP's main stage and fade-tune this file (a CLIP the main stage wrote)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--reuse-vqgan", action="store_true", help="keep the VQGAN file in --out and train CLIP only"
     )
     args = parser.parse_args(argv)
+    if args.fade_steps < 0:
+        parser.error(f"--fade-steps must be 0 or more, not {args.fade_steps}")
+    if args.base_clip is not None and not args.base_clip.is_file():
+        parser.error(f"--base-clip {args.base_clip}: no such file")
+    if args.reuse_vqgan and not (args.out / spec.VQGAN_FILE).is_file():
+        parser.error(f"--reuse-vqgan: {args.out / spec.VQGAN_FILE} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     torch.set_num_threads(args.threads)
@@ -206,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         counterfeit_blobs=args.counterfeit_blobs,
         adversary_pairs=args.adversary_pairs,
     )
+    fade_settings = FadeTuning(steps=args.fade_steps)
     train_pictures = args.train_pictures
     if args.quick:
         vqgan_settings = replace(vqgan_settings, steps=10, warmup=2, restart_every=5)
@@ -219,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             adversary_batch=4,
             adversary_lifetime=3,
         )
+        fade_settings = replace(fade_settings, steps=min(fade_settings.steps, 3), batch=16, pictures=32)
         train_pictures = min(train_pictures, 200)
     if args.adversary_lifetime is not None:
         clip_settings = replace(clip_settings, adversary_lifetime=args.adversary_lifetime)
@@ -229,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         args.held_out_pictures,
         vqgan_settings,
         clip_settings,
+        fade_settings,
         progress=not args.no_progress,
         reuse_vqgan=args.reuse_vqgan,
+        base_clip=args.base_clip,
     )
     print(_report(manifest))
     print(f"wrote {args.out / spec.MANIFEST_FILE}")

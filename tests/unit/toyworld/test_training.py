@@ -11,19 +11,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.models import Normalize, build_clip, import_clip, load_clip, load_vqgan, sha256_file
+from worker.models import (
+    Normalize,
+    build_clip,
+    clip_from_state,
+    import_clip,
+    load_clip,
+    load_vqgan,
+    sha256_file,
+)
 from worker.toyworld import spec, world
 from worker.toyworld.data import distinct_caption_set, render_set
 from worker.toyworld.train_clip import (
     Adversary,
     ClipTraining,
+    FadeTuning,
     Tokens,
     augment,
     contrastive_loss,
     counterfeits,
     encode_text_short,
+    fade,
+    fade_tune,
     shippable_state,
     train_clip,
+    used_token_rows,
 )
 from worker.toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
 
@@ -183,6 +195,54 @@ def test_tokens_records_the_ids_used_and_unused_rows_ship_as_zero() -> None:
     assert int((embedding.abs().sum(1) > 0).sum()) == len(tokens.used)
 
 
+def test_fading_pulls_pictures_towards_grey_by_their_kinds_bounds() -> None:
+    data = render_set(0, 0, 400)
+    pixels = data.floats(slice(None))
+    settings = FadeTuning(faded=1.0, shape_low=0.6, other_low=0.3)
+    faded = fade(pixels, data.scenes, settings, torch.Generator().manual_seed(0))
+    # Per picture, the contrast left: (faded - 0.5) / (picture - 0.5), over pixels away from grey
+    # (pictures with none, such as a grey fill, are left out).
+    away = (pixels - 0.5).abs() > 0.1
+    measurable = away.flatten(1).any(1)
+    ratio = torch.stack(
+        [
+            ((f - 0.5)[a] / (p - 0.5)[a]).median()
+            for f, p, a in zip(faded, pixels, away, strict=True)
+            if a.any()
+        ]
+    )
+    shapes = torch.tensor([s.kind in ("shape", "two_shapes") for s in data.scenes])[measurable]
+    assert 0 < int(shapes.sum()) < len(shapes)
+    assert float(ratio[shapes].min()) >= 0.6 - 1e-5 and float(ratio[~shapes].min()) >= 0.3 - 1e-5
+    assert float(ratio[~shapes].min()) < 0.45 and float(ratio.max()) <= 1 + 1e-5  # the range is used
+    untouched = fade(pixels, data.scenes, replace(settings, faded=0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(untouched, pixels)
+    half = fade(pixels, data.scenes, replace(settings, faded=0.5), torch.Generator().manual_seed(0))
+    kept = (half == pixels).flatten(1).all(1).float().mean()
+    assert 0.4 < float(kept) < 0.6
+
+
+@pytest.mark.slow
+def test_fade_tuning_is_deterministic_moves_the_model_and_keeps_unused_rows_zero() -> None:
+    data = render_set(0, 0, 64)
+    settings = FadeTuning(steps=2, batch=16, pictures=64)
+    torch.manual_seed(0)
+    tokens = Tokens(77)
+    tokens(world.captions_for(data.scenes, np.random.default_rng(0)))
+    base_state = shippable_state(build_clip(SMALL_CLIP), tokens.used)
+
+    def tuned() -> dict[str, torch.Tensor]:
+        model, _, stats = fade_tune(clip_from_state(base_state), data, settings, progress=False)
+        assert np.isfinite(stats["final_loss"])
+        return model.state_dict()
+
+    a, b = tuned(), tuned()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["visual.conv1.weight"], base_state["visual.conv1.weight"].float())
+    model = clip_from_state(a)
+    assert used_token_rows(model) <= tokens.used  # rows no caption uses got no gradient: still zero
+
+
 def test_distinct_caption_set_has_distinct_full_captions() -> None:
     pictures, texts = distinct_caption_set(0, 30)
     assert len(set(texts)) == 30 and pictures.images.shape == (30, 3, 64, 64)
@@ -210,8 +270,44 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
         assert sha256_file(tmp_path / name) == entry["sha256"]
     assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100
     assert manifest["clip_training"]["settings"]["adversary_lifetime"] == 2  # the flag beats --quick's 3
+    assert manifest["clip_fade_tuning"]["settings"]["steps"] == 3
     load_vqgan(spec.VQGAN_CONFIG, tmp_path / spec.VQGAN_FILE)
     load_clip(tmp_path / spec.CLIP_FILE, expected=spec.CLIP_CONFIG)
+
+    # The main stage's CLIP, written without the fade stage, has the SHA-256 the manifest records for it;
+    # fade-tuning that file (--base-clip) writes the same CLIP as the whole run did.
+    faded_sha = manifest["files"][spec.CLIP_FILE]["sha256"]
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / spec.VQGAN_FILE).write_bytes((tmp_path / spec.VQGAN_FILE).read_bytes())
+    common = ["--quick", "--no-progress", "--held-out-pictures", "50", "--adversary-lifetime", "2"]
+    assert main([*common, "--adversary-pairs", "--out", str(base), "--reuse-vqgan", "--fade-steps", "0"]) == 0
+    assert sha256_file(base / spec.CLIP_FILE) == manifest["clip_training"]["base_sha256"]
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / spec.VQGAN_FILE).write_bytes((tmp_path / spec.VQGAN_FILE).read_bytes())
+    reuse = ["--reuse-vqgan", "--base-clip", str(base / spec.CLIP_FILE)]
+    assert main([*common, "--out", str(again), *reuse]) == 0
+    assert sha256_file(again / spec.CLIP_FILE) == faded_sha
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fade-steps", "-1"], "--fade-steps must be 0 or more"),
+        (["--base-clip", "/nonexistent/clip.safetensors"], "no such file"),
+        (["--reuse-vqgan"], "does not exist"),
+    ],
+)
+def test_training_refuses_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from worker.toyworld.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
