@@ -39,4 +39,4 @@ CLIP_CONFIG: dict[str, Any] = {
 
 # Pinned hashes of the shipped files (the training command prints them and writes manifest.json).
 VQGAN_SHA256 = "1131fd9a9560b7c658ae33584550f1ebb14bc1ccc56dbdcf510e977744b440ef"
-CLIP_SHA256 = "7360dff63706242d89dac98924399c3e8591708e42273c377bc3afdbb6d2c74b"
+CLIP_SHA256 = "8d1dc676df703620c28103ce6dd37ecd29ab60f3f1286d9e72ed8db6ae31311e"

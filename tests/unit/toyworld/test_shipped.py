@@ -46,6 +46,9 @@ def test_the_preset_points_at_the_shipped_files() -> None:
     assert preset.weights_dir(Path("/elsewhere")) == spec.WEIGHTS_DIR
     assert {f.filename: f.sha256 for f in preset.files()} == FILES
     assert weights_present("toyworld", Path("/elsewhere"))
+    # Its CLIP was fade-tuned for a grey start; every other preset starts from random codes.
+    assert preset.noise_init == "pixels"
+    assert {p.noise_init for p in models.PRESETS.values() if p.name != "toyworld"} == {"codes"}
 
 
 def test_loads_into_the_preset_architectures(toyworld: models.LoadedModels) -> None:
