@@ -12,10 +12,10 @@ import anyio.to_thread
 from redis.asyncio import Redis
 
 from api.schemas import JobLinks, JobView
-from shared.jobs import EVENTS_MAXLEN, MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
+from shared.finished import write_finished
+from shared.jobs import MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.stats import record_finished
 from shared.storage import ResultStore
 from shared.transitions import CANCEL_IF_QUEUED
 
@@ -176,35 +176,21 @@ class JobStore:
             keys.job(record.id), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error}
         )
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        self._finished_event(pipe, record.id, JobState.FAILED, error, record)
+        write_finished(pipe, keys, record, JobState.FAILED, error, now, self.settings.job_ttl_s)
         await pipe.execute()
 
     async def cancel(self, record: JobRecord) -> bool:
         """Flag the job for its worker; a queued one is canceled here at once. True if this call ended it."""
-        keys = self.keys
+        keys, now = self.keys, time.time()
         await self.redis.set(keys.cancel(record.id), "1", ex=self.settings.job_ttl_s)
-        changed = await self.redis.eval(CANCEL_IF_QUEUED, 1, keys.job(record.id), time.time())
+        changed = await self.redis.eval(CANCEL_IF_QUEUED, 1, keys.job(record.id), now)
         if not changed:
             return False
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        self._finished_event(pipe, record.id, JobState.CANCELED, None, record)
+        write_finished(pipe, keys, record, JobState.CANCELED, None, now, self.settings.job_ttl_s)
         await pipe.execute()
         return True
-
-    def _finished_event(
-        self, pipe: Any, job_id: str, state: JobState, error: str | None, record: JobRecord | None = None
-    ) -> None:
-        """Announce the end on the job's stream and, for jobs no worker started, count it in the stats."""
-        if record is not None:
-            wait_s = time.time() - record.created_at
-            record_finished(pipe, self.keys.stats(), record.model, state.value, None, wait_s, 0)
-        stream = self.keys.events(job_id)
-        data = json.dumps({"state": state.value, "error": error})
-        pipe.xadd(
-            stream, {"event": EventType.FINISHED.value, "data": data}, maxlen=EVENTS_MAXLEN, approximate=True
-        )
-        pipe.expire(stream, self.settings.job_ttl_s)
 
     def _index(self, owner: str) -> str:
         return self.keys.owner_jobs(owner) if owner else self.keys.recent()

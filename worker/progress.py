@@ -13,7 +13,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -28,16 +27,6 @@ if TYPE_CHECKING:
     from worker.engine import StepInfo
 
 log = logging.getLogger(__name__)
-
-# Compare-and-refresh / compare-and-delete, so a worker never touches a lock another one holds.
-_REFRESH_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def publish_event(pipe: Any, keys: Keys, job_id: str, event: EventType, data: dict[str, Any]) -> None:
@@ -168,36 +157,3 @@ class ProgressReporter:
 
     def should_cancel(self) -> bool:
         return self.cancel_requested
-
-
-class JobLock:
-    """The one-runner-at-a-time lock of a job, refreshed by a thread as the job's heartbeat."""
-
-    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, owner: str, ttl_s: int) -> None:
-        self._client = client
-        self._key = keys.lock(job_id)
-        self._owner = owner
-        self._ttl = ttl_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> bool:
-        if not self._client.set(self._key, self._owner, nx=True, ex=self._ttl):
-            return False
-        self._thread = threading.Thread(target=self._refresh, name="job-lock", daemon=True)
-        self._thread.start()
-        return True
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._client.eval(_RELEASE_LOCK, 1, self._key, self._owner)
-
-    def _refresh(self) -> None:
-        interval = self._ttl / 3
-        while not self._stop.wait(interval):
-            try:
-                self._client.eval(_REFRESH_LOCK, 1, self._key, self._owner, self._ttl)
-            except Exception as exc:  # Redis briefly away: the next refresh may still land in time
-                log.warning("refreshing lock %s failed: %s (at %s)", self._key, exc, time.time())

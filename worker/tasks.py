@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 from typing import Any
 
@@ -11,10 +10,8 @@ import redis
 from shared.jobs import TASK_GENERATE
 from shared.settings import get_settings
 from shared.storage import ResultStore, make_store
-from worker.celery_app import app, resilient_redis, served_models
+from worker.celery_app import app, requeue, resilient_redis
 from worker.runner import run_job
-
-log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -32,19 +29,5 @@ def _store() -> ResultStore:
 @app.task(name=TASK_GENERATE, bind=True)
 def generate_image(self: Any, job_id: str) -> str | None:
     """Paint one job; the job record, not Celery's result, carries the outcome."""
-
-    def requeue(job: str, queue: str) -> None:
-        app.send_task(TASK_GENERATE, args=[job], queue=queue)
-
     state = run_job(_redis(), get_settings(), job_id, self.request.hostname or "worker", requeue, _store())
     return state.value if state is not None else None
-
-
-def warm_up() -> None:
-    """Load every model this worker serves, once per process, so the first job does not wait for it."""
-    from worker.models import get_models
-
-    settings = get_settings()
-    for name in served_models(settings):
-        log.info("loading model %s on %s", name, settings.device)
-        get_models(name, settings.models_dir, settings.device)

@@ -213,7 +213,7 @@ def test_a_shutting_down_worker_hands_its_job_back(
 def test_orphaned_jobs_are_queued_again_once(
     client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
 ) -> None:
-    from worker.celery_app import reap_orphans
+    from worker.liveness import reap_orphans
 
     alive = queue_job(client, state="running")
     dead = queue_job(client, state="running")

@@ -1,0 +1,42 @@
+"""The facts written when a job ends, by whichever side ends it: the API (a job canceled or refused
+while queued) or a worker (every other end).
+
+Everything that reacts to an end reads these facts: the `finished` event drives SSE and the blocking
+aliases, the stats hash drives `/metrics`. Writing them in one function keeps every end alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.jobs import EVENTS_MAXLEN, EventType, JobRecord, JobState
+from shared.keys import Keys
+from shared.stats import record_finished
+
+
+def write_finished(
+    pipe: Any,
+    keys: Keys,
+    record: JobRecord,
+    state: JobState,
+    error: str | None,
+    finished_at: float,
+    ttl_s: int,
+) -> None:
+    """Queue a job's end on `pipe` (sync or asyncio): its `finished` event, its stats, and every key's TTL.
+
+    `record` is the job as it stood before it ended; `finished_at` is the time the state changed.
+    """
+    started = record.started_at
+    run_s = finished_at - started if started else None
+    wait_s = (started if started else finished_at) - record.created_at
+    record_finished(pipe, keys.stats(), record.model, state.value, run_s, wait_s, record.iteration)
+    pipe.xadd(
+        keys.events(record.id),
+        {"event": EventType.FINISHED.value, "data": json.dumps({"state": state.value, "error": error})},
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )
+    for key in keys.all_for_job(record.id):
+        pipe.expire(key, ttl_s)
