@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,11 +13,12 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from starlette.types import Scope
 
 from api.auth import ApiKeys
 from api.metrics import Metrics, MetricsMiddleware
@@ -33,6 +35,23 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Seconds a client should wait while Redis is unreachable.
 REDIS_RETRY_AFTER_S = 5
+
+
+class PageFiles(StaticFiles):
+    """The web page's files; `.js` always as JavaScript, or browsers refuse the module scripts."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        # The MIME table is the host's (/etc/mime.types, the Windows registry): it may say text/plain.
+        if Path(full_path).suffix == ".js" and response.status_code != 304:
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        return response
 
 
 def body_limit(settings: Settings) -> int:
@@ -107,7 +126,7 @@ def create_app(
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # The web page, last: every API route above takes precedence over a static file of the same path.
-    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="page")
+    app.mount("/", PageFiles(directory=STATIC_DIR, html=True, check_dir=False), name="page")
     log.info(
         "API ready for models %s; API keys %s; max %d image prompts",
         settings.worker_models or [settings.model],

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urljoin
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from api.main import STATIC_DIR
 from tests.unit.api.support import FakeWorker, png_bytes
+
+SCRIPT_TAG = re.compile(r"<script\b([^>]*)>")
+# `import ... from "./x.js"`, `export ... from "./x.js"` and `import "./x.js"`: what a module loads.
+MODULE_IMPORT = re.compile(r"""(?:\bfrom|^import)\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def page_modules(client: TestClient) -> dict[str, str]:
+    """Every module the page at / loads (following imports), by URL path, with its content type."""
+    html = client.get("/").text
+    pending: list[str] = []
+    for attributes in SCRIPT_TAG.findall(html):
+        assert 'type="module"' in attributes, f"a classic script on the page: <script{attributes}>"
+        src = re.search(r'\bsrc="([^"]+)"', attributes)
+        assert src, f"an inline script on the page: <script{attributes}>"
+        pending.append(urljoin("/", src.group(1)))
+    seen: dict[str, str] = {}
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        response = client.get(path)
+        assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
+        seen[path] = response.headers["content-type"]
+        pending.extend(urljoin(path, target) for target in MODULE_IMPORT.findall(response.text))
+    return seen
 
 
 def test_config_reports_limits_models_and_notes(client: TestClient) -> None:
@@ -22,6 +51,29 @@ def test_config_reports_limits_models_and_notes(client: TestClient) -> None:
 def test_config_says_when_keys_are_needed(make_client: Callable[..., TestClient]) -> None:
     keyed = make_client(api_keys="k" * 32)
     assert keyed.get("/v1/config").json()["api_keys"] is True
+
+
+def test_every_module_the_page_imports_is_served_as_javascript(client: TestClient) -> None:
+    modules = page_modules(client)
+    assert "/js/main.js" in modules
+    for path, content_type in modules.items():
+        assert content_type.startswith("text/javascript"), f"{path} is served as {content_type}"
+    # No module is left out of the page, and none it asks for is missing from the package.
+    shipped = {"/" + path.relative_to(STATIC_DIR).as_posix() for path in STATIC_DIR.rglob("*.js")}
+    assert set(modules) == shipped
+
+
+def test_modules_are_javascript_whatever_the_hosts_mime_table_says(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some hosts' tables (the Windows registry, say) map .js to text/plain; browsers then refuse modules.
+    monkeypatch.setattr("starlette.responses.guess_type", lambda *_a, **_k: ("text/plain", None))
+    response = client.get("/js/main.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert client.get("/style.css").headers["content-type"].startswith("text/plain")  # only .js is pinned
+    etag = response.headers["etag"]
+    assert client.get("/js/main.js", headers={"If-None-Match": etag}).status_code == 304
 
 
 def test_timelapse_is_an_animated_webp_of_the_kept_frames(
