@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -71,10 +72,10 @@ class WorkerContext:
     worker: str
     requeue: Requeue
     store: ResultStore
-    keys: Keys = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", Keys(self.settings.redis_prefix))
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.settings.redis_prefix)
 
 
 class JobLock:
