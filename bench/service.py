@@ -33,13 +33,13 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from launch.redis_server import RedisServer, free_port  # noqa: E402
 from shared.keys import Keys  # noqa: E402
-from shared.redis_server import RedisServer, free_port  # noqa: E402
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "launch.cli", *args],
         env=env,
         cwd=REPO,
         stdout=log.open("wb"),

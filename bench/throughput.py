@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.service import _ready, _spawn, _wait  # noqa: E402
-from shared.redis_server import RedisServer, free_port  # noqa: E402
+from launch.redis_server import RedisServer, free_port  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 PROMPTS = ["a red circle on a blue background", "blue and yellow stripes", "a small green square", "a dot"]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from shared.redis_server import RedisServer, free_port
+from launch.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "launch.cli", *args],
             env=env,
             cwd=REPO,
             stdout=self._log,

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from celery import Celery
 
+from launch.redis_server import free_port
 from shared.celeryconf import celery_config
 from shared.jobs import TASK_GENERATE, JobRecord, JobState, queue_for
 from shared.keys import Keys
-from shared.redis_server import free_port
 from shared.settings import Settings
 from tests.integration.conftest import Proc, Stack, wait_for
 

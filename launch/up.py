@@ -12,14 +12,14 @@ from pathlib import Path
 import click
 import httpx
 
+from launch.redis_server import RedisServer
 from shared.jobs import MODEL_NOTES
-from shared.redis_server import RedisServer
 from shared.settings import get_settings
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own process group: Ctrl-C reaches us alone, and we stop the parts in order.
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "launch.cli", *args], env=env, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
