@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from launch.redis_server import free_port
+from launch.processes import free_port
 from tests.integration.conftest import REPO, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
