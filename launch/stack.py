@@ -146,9 +146,9 @@ class LocalStack:
 
         def ready() -> bool:
             if (gone := self.exited()) is not None:
-                tail = gone.log_tail() or "(its output is above)"
-                code = gone.process.returncode
-                raise StartupError(f"the {gone.name} exited at start (status {code}):\n{tail}")
+                code, tail = gone.process.returncode, gone.log_tail()
+                said = f":\n{tail}" if tail else "; see its output above"
+                raise StartupError(f"the {gone.name} exited at start (status {code}){said}")
             return _answers(f"{url}/readyz")
 
         try:
