@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,34 +32,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from launch.stack import LocalStack  # noqa: E402
 from shared.keys import Keys  # noqa: E402
-from shared.redis_server import RedisServer, free_port  # noqa: E402
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def run_through_service(
@@ -150,29 +123,18 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="artgen-bench-"))
-    server = RedisServer(work / "redis").start()
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")},
-        "ARTGEN_REDIS_URL": server.url,
-        "ARTGEN_REDIS_PREFIX": prefix,
-        "ARTGEN_MODEL": args.model,
-        "ARTGEN_DEVICE": "cpu",
-        "ARTGEN_PORT": str(port),
-        "ARTGEN_MODELS_DIR": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
-        "ARTGEN_LOG_LEVEL": "WARNING",
+    models_dir = os.environ.get("ARTGEN_MODELS_DIR", str(work / "models"))
+    os.environ["ARTGEN_MODELS_DIR"] = models_dir  # the engine run directly loads from the same place
+    settings = {
+        "redis_prefix": f"bench-{uuid.uuid4().hex[:6]}",
+        "model": args.model,
+        "device": "cpu",
+        "models_dir": models_dir,
+        "log_level": "WARNING",
     }
-    os.environ["ARTGEN_MODELS_DIR"] = env["ARTGEN_MODELS_DIR"]
-    processes = [
-        _spawn(["worker", "--concurrency", "1"], env, work / "worker.log"),
-        _spawn(["api", "--port", str(port)], env, work / "api.log"),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: _ready(url), 180, "the stack to be ready")
-        client = redis.Redis.from_url(server.url)
-        keys = Keys(prefix)
+    with LocalStack(work, settings, cwd=REPO) as stack:
+        url = stack.up()
+        keys = Keys(stack.prefix)
         body = {
             "prompt": "flowering magenta orchids",
             "width": args.size,
@@ -182,11 +144,11 @@ def main() -> None:
             "seed": 7,
         }
         with httpx.Client(base_url=url, timeout=600) as http:
-            run_through_service(http, client, keys, body)  # warm-up: first request, first job
+            run_through_service(http, stack.client, keys, body)  # warm-up: first request, first job
             run_directly(args.model, args.size, args.iterations, args.cutn, 7)
             service, direct = [], []
             for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-                service.append(run_through_service(http, client, keys, body))
+                service.append(run_through_service(http, stack.client, keys, body))
                 direct.append(run_directly(args.model, args.size, args.iterations, args.cutn, 7))
             probe = http.post("/v1/jobs", json={**body, "iterations": 5}).json()["id"]
 
@@ -206,12 +168,6 @@ def main() -> None:
             "polling": {"pollers": args.pollers, "duration_s": args.duration}
             | wrk_poll(f"{url}/v1/jobs/{probe}", args.pollers, args.duration),
         }
-    finally:
-        for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            process.wait(30)
-        server.stop()
 
     if args.json:
         print(json.dumps(report, indent=2))

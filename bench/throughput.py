@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,71 +27,51 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.service import _ready, _spawn, _wait  # noqa: E402
-from shared.redis_server import RedisServer, free_port  # noqa: E402
+from launch.stack import LocalStack  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 PROMPTS = ["a red circle on a blue background", "blue and yellow stripes", "a small green square", "a dot"]
 
 
-class _Stack:
-    """redis-server + worker + API with one batch size."""
+def batch_stack(work: Path, model: str, batch: int) -> LocalStack:
+    """redis-server + worker + API with one batch size (started by `with`, then `up()`)."""
+    root = work / f"batch{batch}"
+    settings = {
+        "redis_prefix": f"bench-{uuid.uuid4().hex[:6]}",
+        "model": model,
+        "device": "cpu",
+        "models_dir": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
+        "results_dir": str(root / "results"),
+        "rate_limit_per_minute": "0",
+        "batch_size": str(batch),
+        "log_level": "WARNING",
+    }
+    return LocalStack(root, settings, cwd=REPO)
 
-    def __init__(self, work: Path, model: str, batch: int) -> None:
-        self.batch = batch
-        root = work / f"batch{batch}"
-        root.mkdir(parents=True)
-        self.server = RedisServer(root / "redis").start()
-        port = free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")},
-            "ARTGEN_REDIS_URL": self.server.url,
-            "ARTGEN_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:6]}",
-            "ARTGEN_MODEL": model,
-            "ARTGEN_DEVICE": "cpu",
-            "ARTGEN_PORT": str(port),
-            "ARTGEN_MODELS_DIR": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
-            "ARTGEN_RESULTS_DIR": str(root / "results"),
-            "ARTGEN_RATE_LIMIT_PER_MINUTE": "0",
-            "ARTGEN_BATCH_SIZE": str(batch),
-            "ARTGEN_LOG_LEVEL": "WARNING",
-        }
-        self.processes = [
-            _spawn(["worker", "--concurrency", "1"], env, root / "worker.log"),
-            _spawn(["api", "--port", str(port)], env, root / "api.log"),
-        ]
-        self.url = f"http://127.0.0.1:{port}"
 
-    def round(self, bodies: list[dict[str, Any]]) -> dict[str, float]:
-        """Submit every job at once; wall seconds until the last one finished, and the batches seen."""
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            start = time.perf_counter()
-            ids = [http.post("/v1/jobs", json=body).raise_for_status().json()["id"] for body in bodies]
-            views: dict[str, dict[str, Any]] = {}
-            while len(views) < len(ids):
-                for job_id in ids:
-                    if job_id not in views:
-                        view = http.get(f"/v1/jobs/{job_id}").json()
-                        if view["status"] in TERMINAL:
-                            views[job_id] = view
-                time.sleep(0.05)
-            wall = time.perf_counter() - start
-        failed = [v for v in views.values() if v["status"] != "succeeded"]
-        if failed:
-            raise RuntimeError(f"jobs did not succeed: {failed}")
-        return {
-            "wall_s": wall,
-            "largest_batch": max(v["batch"] or 1 for v in views.values()),
-            "longest_run_s": max(v["run_s"] for v in views.values()),
-            "longest_wait_s": max(v["queue_wait_s"] for v in views.values()),
-        }
-
-    def close(self) -> None:
-        for process in self.processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            process.wait(60)
-        self.server.stop()
+def run_round(url: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """Submit every job at once; wall seconds until the last one finished, and the batches seen."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        start = time.perf_counter()
+        ids = [http.post("/v1/jobs", json=body).raise_for_status().json()["id"] for body in bodies]
+        views: dict[str, dict[str, Any]] = {}
+        while len(views) < len(ids):
+            for job_id in ids:
+                if job_id not in views:
+                    view = http.get(f"/v1/jobs/{job_id}").json()
+                    if view["status"] in TERMINAL:
+                        views[job_id] = view
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+    failed = [v for v in views.values() if v["status"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"jobs did not succeed: {failed}")
+    return {
+        "wall_s": wall,
+        "largest_batch": max(v["batch"] or 1 for v in views.values()),
+        "longest_run_s": max(v["run_s"] for v in views.values()),
+        "longest_wait_s": max(v["queue_wait_s"] for v in views.values()),
+    }
 
 
 def main() -> None:
@@ -120,20 +100,15 @@ def main() -> None:
         for seed, prompt in enumerate(PROMPTS * args.jobs)
     ][: args.jobs]
     work = Path(tempfile.mkdtemp(prefix="artgen-throughput-"))
-    stacks = [_Stack(work, args.model, b) for b in args.batch]
     rows: dict[int, list[dict[str, float]]] = {b: [] for b in args.batch}
-    try:
-        for stack in stacks:
-            _wait(lambda stack=stack: _ready(stack.url), 180, f"the batch {stack.batch} stack to be ready")
+    with ExitStack() as running:
+        urls = {b: running.enter_context(batch_stack(work, args.model, b)).up() for b in args.batch}
         for rnd in range(args.rounds + 1):
-            for stack in stacks:
-                result = stack.round(bodies)
-                print(f"  round {rnd} batch {stack.batch}: {result}", file=sys.stderr, flush=True)
+            for batch, url in urls.items():
+                result = run_round(url, bodies)
+                print(f"  round {rnd} batch {batch}: {result}", file=sys.stderr, flush=True)
                 if rnd:  # round 0 warms up models, kernels and connections
-                    rows[stack.batch].append(result)
-    finally:
-        for stack in stacks:
-            stack.close()
+                    rows[batch].append(result)
 
     base = statistics.median(r["wall_s"] for r in rows[args.batch[0]])
     report = []

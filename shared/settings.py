@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1)
     # Latent + optimiser state saved this often, so a job redelivered after a crash resumes from there.
     checkpoint_every: int = Field(25, ge=1)
-    # Engine speed-ups (worker.runtime.EngineOptions); "auto" = the fast choice for the device, and
+    # Engine speed-ups (the engine's EngineOptions); "auto" = the fast choice for the device, and
     # each can be switched off for comparison (docs in BENCHMARKS.md, "Speed").
     engine_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     engine_channels_last: Literal["auto", "on", "off"] = "auto"

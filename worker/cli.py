@@ -1,6 +1,6 @@
 """`artgen generate` (one picture in this process) and `artgen models list|pull`.
 
-Each command is a plain click command registered by name in shared/cli.py; torch loads only when a
+Each command is a plain click command registered by name in launch/cli.py; torch loads only when a
 command runs. Bad input exits non-zero with one line (BadInput / ClickException), no traceback.
 """
 

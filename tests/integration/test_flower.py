@@ -11,10 +11,10 @@ import httpx
 import pytest
 from celery import Celery
 
+from launch.processes import free_port
 from shared.celeryconf import celery_config
 from shared.jobs import TASK_GENERATE, JobRecord, JobState, queue_for
 from shared.keys import Keys
-from shared.redis_server import free_port
 from shared.settings import Settings
 from tests.integration.conftest import Proc, Stack, wait_for
 
@@ -28,8 +28,9 @@ WORKER_NAME = "shared@test"  # the session worker's --hostname (conftest's `work
 def flower_url(stack: Stack, worker: Proc) -> Iterator[str]:
     """`artgen flower` with credentials, on a free port; ready once its event stream sees the worker."""
     port = free_port()
-    env = {**stack.env, "ARTGEN_FLOWER_USER": USER, "ARTGEN_FLOWER_PASSWORD": PASSWORD}
-    proc = Proc(f"flower-{port}", ["flower", "--port", str(port)], env, stack.root)
+    proc = stack.spawn(
+        f"flower-{port}", ["flower", "--port", str(port)], flower_user=USER, flower_password=PASSWORD
+    )
     url = f"http://127.0.0.1:{port}"
 
     def alive_in_flower() -> bool:

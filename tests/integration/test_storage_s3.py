@@ -14,7 +14,7 @@ import boto3
 import httpx
 import pytest
 
-from shared.redis_server import free_port
+from launch.processes import free_port
 from shared.settings import Settings
 from shared.storage import InvalidKey, S3Store, make_store, result_key, timelapse_key
 

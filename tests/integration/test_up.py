@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.redis_server import free_port
+from launch.processes import free_port
 from tests.integration.conftest import REPO, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,7 +32,7 @@ def test_up_serves_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     )
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(tmp_path / "var")],
+        [sys.executable, "-m", "launch.cli", "up", "--data-dir", str(tmp_path / "var")],
         cwd=REPO,
         env=env,
         stdout=log,

@@ -8,7 +8,7 @@ import fakeredis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared.redis_server import free_port
+from launch.processes import free_port
 from tests.unit.api.support import FakeWorker, RecordingEnqueuer, make_settings
 
 

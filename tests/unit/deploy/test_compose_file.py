@@ -193,7 +193,7 @@ def test_commands_parse_as_real_artgen_commands(
     services: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every flag compose passes exists on the `artgen` subcommand it runs (no command is executed)."""
-    from shared.cli import cli
+    from launch.cli import cli
 
     service = services[name]
     argv = [*service.get("entrypoint", []), *_command(service)]

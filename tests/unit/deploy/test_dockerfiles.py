@@ -130,4 +130,4 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ]
     assert lines[0] == "*", "deny by default: .env, .venv, models and results never enter an image"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "api", "shared", "worker"}
+    assert allowed == {"pyproject.toml", "README.md", "api", "shared", "worker", "launch"}

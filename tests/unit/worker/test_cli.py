@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from shared.cli import cli
+from launch.cli import cli
 from shared.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[3]

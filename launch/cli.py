@@ -12,10 +12,10 @@ import click
 _COMMANDS = {
     "generate": "worker.cli:generate",
     "models": "worker.cli:models",
-    "up": "worker.stack:up",
+    "up": "launch.up:up",
     "api": "api.cli:api",
     "worker": "worker.main:worker",
-    "flower": "shared.flower:flower",
+    "flower": "launch.flower:flower",
 }
 _HELP = {
     "generate": "Paint one picture in this process, with a progress bar.",

