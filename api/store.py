@@ -12,8 +12,9 @@ import anyio.to_thread
 from redis.asyncio import Redis
 
 from api.schemas import JobLinks, JobView
-from shared.jobs import EVENTS_MAXLEN, MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
+from shared.jobs import EVENTS_MAXLEN, EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
+from shared.model_facts import MODEL_NOTES
 from shared.settings import Settings
 from shared.stats import record_finished
 from shared.storage import ResultStore

@@ -31,17 +31,6 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
 
-# Notes shown with every job on a model whose pictures are not meant as art.
-MODEL_NOTES = {
-    "tiny": (
-        "untrained demo model: pictures are not art; run `artgen models pull imagenet-16384` for the real one"
-    ),
-    "toyworld": (
-        "offline demo model trained on simple shapes and colours; "
-        "run `artgen models pull imagenet-16384` for the real one"
-    ),
-}
-
 
 class JobParams(BaseModel):
     """What a job paints; validated against the settings' limits by the API before it is queued."""

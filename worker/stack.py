@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import httpx
 
-from shared.jobs import MODEL_NOTES
+from shared.model_facts import MODEL_NOTES
 from shared.redis_server import RedisServer
 from shared.settings import get_settings
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from api.deps import SettingsDep
 from api.schemas import ServiceConfig
 from api.validation import served_models
-from shared.jobs import MODEL_NOTES
+from shared.model_facts import MODEL_NOTES
 
 router = APIRouter(prefix="/v1", tags=["config"])
 

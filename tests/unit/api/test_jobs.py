@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.auth import ANONYMOUS
-from shared.jobs import MODEL_NOTES, JobRecord, JobState
+from shared.jobs import JobRecord, JobState
 from shared.keys import Keys
+from shared.model_facts import MODEL_NOTES
 from tests.unit.api.support import PREFIX, FakeWorker, RecordingEnqueuer, png_bytes
 
 KEYS = Keys(PREFIX)

@@ -237,3 +237,12 @@ def test_pull_without_a_published_hash_records_one(
     path.write_bytes(b"tampered")
     with pytest.raises(ChecksumMismatch):
         models.verify_file(PRESETS["t-tofu"].vqgan.checkpoint, path)
+
+
+def test_every_preset_reads_its_note_from_the_model_facts() -> None:
+    from shared.model_facts import MODEL_FACTS, MODEL_NOTES
+
+    assert set(PRESETS) == set(MODEL_FACTS)
+    assert {name: preset.note for name, preset in PRESETS.items()} == {
+        name: MODEL_NOTES.get(name) for name in MODEL_FACTS
+    }
