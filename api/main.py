@@ -110,7 +110,7 @@ def create_app(
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="page")
     log.info(
         "API ready for models %s; API keys %s; max %d image prompts",
-        settings.worker_models or [settings.model],
+        settings.served_models,
         "on" if app.state.api_keys.enabled else "off",
         MAX_IMAGE_PROMPTS,
     )

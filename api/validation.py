@@ -16,11 +16,6 @@ from shared.prompts import PromptSyntaxError, parse_prompts
 from shared.settings import Settings
 
 
-def served_models(settings: Settings) -> list[str]:
-    """The models this deployment's workers take jobs for (the same rule the workers use)."""
-    return settings.worker_models or ([settings.model] if settings.model else [])
-
-
 def _error(field: str, message: str) -> dict[str, Any]:
     return {"loc": ("body", field), "msg": message, "type": "value_error"}
 
@@ -53,7 +48,7 @@ def job_params(
     request: JobCreate, settings: Settings, *, has_init_image: bool, image_prompt_count: int
 ) -> JobParams:
     """Every limit checked at once, so a client sees all its mistakes in one answer."""
-    models = served_models(settings)
+    models = settings.served_models
     if not models:
         # A deployment problem, not the client's: say so plainly instead of guessing a model.
         raise HTTPException(503, detail="no model is configured on this deployment (set ARTGEN_MODEL)")

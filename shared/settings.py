@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         return bool(self.api_keys)
 
     @property
+    def served_models(self) -> list[str]:
+        """The models this deployment's workers take jobs for (one queue each); [] when none is set."""
+        return self.worker_models or ([self.model] if self.model else [])
+
+    @property
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 
 from api.deps import SettingsDep
 from api.schemas import ServiceConfig
-from api.validation import served_models
 from shared.model_facts import MODEL_NOTES
 
 router = APIRouter(prefix="/v1", tags=["config"])
@@ -15,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["config"])
 @router.get("/config", response_model=ServiceConfig)
 async def read_config(settings: SettingsDep) -> ServiceConfig:
     """The limits every job is checked against, the models served and their notes."""
-    models = served_models(settings)
+    models = settings.served_models
     return ServiceConfig(
         models=models,
         default_model=models[0] if models else None,

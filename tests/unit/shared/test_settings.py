@@ -58,3 +58,10 @@ def test_weak_api_keys_are_refused(monkeypatch: pytest.MonkeyPatch, keys: str) -
 def test_inconsistent_settings_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, **values)
+
+
+def test_served_models_are_the_worker_models_else_the_model() -> None:
+    assert Settings(_env_file=None).served_models == []
+    assert Settings(_env_file=None, model="tiny").served_models == ["tiny"]
+    both = Settings(_env_file=None, model="tiny", worker_models=["toyworld", "tiny"])
+    assert both.served_models == ["toyworld", "tiny"]
