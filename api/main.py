@@ -22,9 +22,9 @@ from api.auth import ApiKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs
-from api.schemas import MAX_IMAGE_PROMPTS
 from api.store import JobStore
 from shared.keys import Keys
+from shared.params import MAX_IMAGE_PROMPTS
 from shared.settings import Settings, get_settings
 from shared.storage import ResultStore, make_store
 

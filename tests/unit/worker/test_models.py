@@ -246,3 +246,10 @@ def test_every_preset_reads_its_note_from_the_model_facts() -> None:
     assert {name: preset.note for name, preset in PRESETS.items()} == {
         name: MODEL_NOTES.get(name) for name in MODEL_FACTS
     }
+
+
+def test_the_engine_takes_the_shared_config() -> None:
+    from shared.params import GenerationConfig as Shared
+    from worker.engine import GenerationConfig
+
+    assert GenerationConfig is Shared
