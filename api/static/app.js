@@ -205,10 +205,7 @@ function applyConfig(config) {
   }
   if (config.default_model) ui.model.value = config.default_model;
   ui.model.disabled = config.models.length === 0;
-  setLimit(ui.width, config.max_size, config.default_size);
-  setLimit(ui.height, config.max_size, config.default_size);
-  setLimit(ui.iterations, config.max_iterations, config.default_iterations);
-  setLimit(ui.cutn, config.max_cutn, config.default_cutn);
+  applyModelDefaults();
   ui.prompt.maxLength = config.max_prompt_chars;
   const limits = {
     max_size: String(config.max_size),
@@ -223,6 +220,15 @@ function applyConfig(config) {
     ui.apiKeyHint.textContent = "This service needs an API key. It is kept in this browser only.";
   }
   updateModelNote();
+}
+
+function applyModelDefaults() {
+  const config = page.config;
+  const defaults = (config.model_defaults || {})[ui.model.value] || {};
+  setLimit(ui.width, config.max_size, defaults.size);
+  setLimit(ui.height, config.max_size, defaults.size);
+  setLimit(ui.iterations, config.max_iterations, defaults.iterations);
+  setLimit(ui.cutn, config.max_cutn, defaults.cutn);
 }
 
 function updateModelNote() {
@@ -1088,6 +1094,7 @@ function init() {
       ui.prompt.focus();
     });
   }
+  ui.model.addEventListener("change", applyModelDefaults);
   ui.model.addEventListener("change", updateModelNote);
   ui.seedClear.addEventListener("click", () => {
     ui.seed.value = "";
