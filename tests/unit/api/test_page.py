@@ -92,8 +92,3 @@ def test_config_reports_each_models_defaults(make_client: Callable[..., TestClie
 def test_config_without_a_model_has_no_defaults(make_client: Callable[..., TestClient]) -> None:
     config = make_client(model=None).get("/v1/config").json()
     assert config["models"] == [] and config["model_defaults"] == {} and config["default_size"] is None
-
-
-def test_the_page_fills_the_form_with_the_selected_models_defaults(client: TestClient) -> None:
-    script = client.get("/app.js").text
-    assert "model_defaults" in script and 'addEventListener("change", applyModelDefaults)' in script
