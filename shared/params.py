@@ -140,12 +140,22 @@ def _out_of_range(
     name: str, value: float, low: float, high: float | None, *, above: bool = False
 ) -> str | None:
     """The message for a number outside [low, high] (or (low, high] with `above`), else None."""
-    within = (value > low if above else value >= low) and (high is None or value <= high)
-    if within and (isinstance(value, int) or math.isfinite(value)):
+    finite = isinstance(value, int) or math.isfinite(value)
+    too_low = value <= low if above else value < low
+    too_high = high is not None and value > high
+    if finite and not too_low and not too_high:
         return None
-    bound = f"above {_number(low)}" if above else f"at least {_number(low)}"
-    at_most = f" and at most {_number(high)}" if high is not None else ""
-    return f"{name} must be {bound}{at_most} (got {value})"
+    lowest = f"above {_number(low)}" if above else f"at least {_number(low)}"
+    if too_low or (high is None and finite):
+        return f"{name} must be {lowest} (got {value})"
+    if high is None:
+        return f"{name} must be a finite number {lowest} (got {value})"
+    span = (
+        f"above {_number(low)} and at most {_number(high)}"
+        if above
+        else f"from {_number(low)} to {_number(high)}"
+    )
+    return f"{name} must be {span} (got {value})"
 
 
 def config_errors(

@@ -127,4 +127,4 @@ def test_every_bad_flag_is_named_on_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
     assert "--size: width must be a positive multiple of 16" in result.output
-    assert "--cutn: cutn must be at least 1" in result.output
+    assert "--cutn: cutn must be at least 1 (got 0)" in result.output
