@@ -36,6 +36,7 @@ class GenerationConfig:
     """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
 
     prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
+    # Size, iterations and cutn default to the f16 models' job defaults (shared.model_facts.STANDARD).
     width: int = STANDARD.size  # pixels; a multiple of the VQGAN's downsampling factor (16)
     height: int = STANDARD.size
     iterations: int = STANDARD.iterations  # optimisation steps
