@@ -24,9 +24,9 @@ from api.auth import ApiKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs
-from api.schemas import MAX_IMAGE_PROMPTS
 from api.store import JobStore
 from shared.keys import Keys
+from shared.params import MAX_IMAGE_PROMPTS
 from shared.settings import Settings, get_settings
 from shared.storage import ResultStore, make_store
 
@@ -129,7 +129,7 @@ def create_app(
     app.mount("/", PageFiles(directory=STATIC_DIR, html=True, check_dir=False), name="page")
     log.info(
         "API ready for models %s; API keys %s; max %d image prompts",
-        settings.worker_models or [settings.model],
+        settings.served_models,
         "on" if app.state.api_keys.enabled else "off",
         MAX_IMAGE_PROMPTS,
     )

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.jobs import JobState
-
-# Image prompts one job may upload (each one is CLIP-encoded on every iteration).
-MAX_IMAGE_PROMPTS = 4
-# Seeds are handed to torch.Generator.manual_seed; 32 bits keeps them portable to other RNGs.
-MAX_SEED = 2**32 - 1
+from shared.model_facts import JobDefaults
+from shared.params import (
+    MAX_CUT_POW,
+    MAX_IMAGE_PROMPTS,
+    MAX_INIT_WEIGHT,
+    MAX_SEED,
+    MAX_STEP_SIZE,
+    GenerationConfig,
+)
 
 
 class JobCreate(BaseModel):
@@ -19,14 +23,14 @@ class JobCreate(BaseModel):
 
     prompt: str = Field(description="`text:weight:stop` pieces joined by `|`")
     model: str | None = Field(None, description="a model this deployment serves; default: its first")
-    width: int | None = Field(None, description="pixels, a multiple of 16")
-    height: int | None = Field(None, description="pixels, a multiple of 16")
-    iterations: int | None = None
-    cutn: int | None = Field(None, description="cutouts scored by CLIP per iteration")
+    width: int | None = Field(None, description="pixels, a multiple of 16; default: the model's")
+    height: int | None = Field(None, description="pixels, a multiple of 16; default: the model's")
+    iterations: int | None = Field(None, description="default: the model's")
+    cutn: int | None = Field(None, description="cutouts scored by CLIP per iteration; default: the model's")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; always returned")
-    cut_pow: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
-    step_size: float = Field(0.1, gt=0, le=1, allow_inf_nan=False)
-    init_weight: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)
+    cut_pow: float = Field(GenerationConfig.cut_pow, gt=0, le=MAX_CUT_POW, allow_inf_nan=False)
+    step_size: float = Field(GenerationConfig.step_size, gt=0, le=MAX_STEP_SIZE, allow_inf_nan=False)
+    init_weight: float = Field(GenerationConfig.init_weight, ge=0, le=MAX_INIT_WEIGHT, allow_inf_nan=False)
     init_image: str | None = Field(None, description="start picture, base64 (PNG, JPEG or WEBP)")
     image_prompts: list[str] = Field(
         default_factory=list, max_length=MAX_IMAGE_PROMPTS, description="pictures to paint towards, base64"
@@ -110,7 +114,10 @@ class ServiceConfig(BaseModel):
     max_cutn: int
     max_prompt_chars: int
     max_upload_bytes: int
-    default_size: int
-    default_iterations: int
-    default_cutn: int
+    default_size: int | None = Field(description="of the default model; null when no model is served")
+    default_iterations: int | None = Field(description="of the default model")
+    default_cutn: int | None = Field(description="of the default model")
+    model_defaults: dict[str, JobDefaults] = Field(
+        description="per model served: what a job on it gets for each of these it leaves out"
+    )
     api_keys: bool = Field(description="true when every job route needs an API key")

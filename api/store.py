@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from api.schemas import JobLinks, JobView
 from shared.finished import write_finished
-from shared.jobs import MODEL_NOTES, EventType, JobParams, JobRecord, JobState, queue_for
+from shared.jobs import EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
+from shared.model_facts import MODEL_NOTES
 from shared.settings import Settings
 from shared.storage import ResultStore
 from shared.transitions import CANCEL_IF_QUEUED

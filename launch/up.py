@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from launch.stack import LocalStack, StartupError
-from shared.jobs import MODEL_NOTES
+from shared.model_facts import MODEL_NOTES
 from shared.settings import get_settings
 
 

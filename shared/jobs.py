@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.params import GenerationConfig
+
 # The API enqueues by name and never imports worker code.
 TASK_GENERATE = "artgen.generate"
 
@@ -31,20 +33,9 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
 
-# Notes shown with every job on a model whose pictures are not meant as art.
-MODEL_NOTES = {
-    "tiny": (
-        "untrained demo model: pictures are not art; run `artgen models pull imagenet-16384` for the real one"
-    ),
-    "toyworld": (
-        "offline demo model trained on simple shapes and colours; "
-        "run `artgen models pull imagenet-16384` for the real one"
-    ),
-}
-
 
 class JobParams(BaseModel):
-    """What a job paints; validated against the settings' limits by the API before it is queued."""
+    """What a job paints; checked by `shared.params.build_config` before it is queued and again when run."""
 
     prompt: str
     model: str
@@ -53,9 +44,9 @@ class JobParams(BaseModel):
     iterations: int
     seed: int
     cutn: int
-    cut_pow: float = 1.0
-    step_size: float = 0.1
-    init_weight: float = 0.0
+    cut_pow: float = GenerationConfig.cut_pow
+    step_size: float = GenerationConfig.step_size
+    init_weight: float = GenerationConfig.init_weight
     has_init_image: bool = False
     image_prompt_count: int = 0
     preview_every: int = 5

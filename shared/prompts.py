@@ -33,6 +33,22 @@ def _looks_numeric(piece: str) -> bool:
     return bool(piece.strip()) and bool(_NUMBERISH.match(piece)) and any(c.isdigit() for c in piece)
 
 
+def _number_or_blank(part: str) -> bool:
+    word = part.strip().lower().lstrip("+-")
+    return not word or _looks_numeric(part) or word in {"inf", "infinity", "nan"}
+
+
+def _says_something(text: str) -> bool:
+    """Whether text holds more than colons, invisible characters and numbers after a leading colon.
+
+    ":1:2:3", ":nan" and "::0.5" are weights (or malformed ones) without a text, while "poster: a red fox"
+    and ": a red fox" are texts.
+    """
+    visible = "".join(c for c in text if c.isprintable() and not c.isspace())
+    head, *rest = visible.split(":")
+    return bool(head) or not all(_number_or_blank(part) for part in rest)
+
+
 def _to_float(piece: str, what: str, whole: str) -> float:
     piece = piece.strip()
     if piece.lower() in {"-inf", "inf", "+inf"}:
@@ -50,7 +66,7 @@ def parse_prompt(piece: str) -> PromptSpec:
     while len(parts) > 1 and len(numbers) < 2 and _looks_numeric(parts[-1]):
         numbers.insert(0, parts.pop())
     text = ":".join(parts).strip()
-    if not text:
+    if not _says_something(text):
         raise PromptSyntaxError(f"prompt piece {piece.strip()!r} has no text")
     weight = _to_float(numbers[0], "weight", piece.strip()) if numbers else 1.0
     stop = _to_float(numbers[1], "stop", piece.strip()) if len(numbers) > 1 else -math.inf

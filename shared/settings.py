@@ -51,9 +51,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(60, ge=0)
 
     # --- job defaults ----------------------------------------------------------------------------
-    default_size: int = 256
-    default_iterations: int = 100
-    default_cutn: int = 32
+    # What a request that leaves these out gets; None = its model's own default (shared.model_facts).
+    default_size: int | None = None
+    default_iterations: int | None = Field(None, ge=1)
+    default_cutn: int | None = Field(None, ge=1)
     preview_every: int = Field(5, ge=1)
     # Preview frames kept per job for the time-lapse (older ones are thinned out).
     timelapse_max_frames: int = Field(60, ge=2)
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     def _check_limits(self) -> Settings:
         if self.hard_time_limit_s <= self.soft_time_limit_s:
             raise ValueError("hard_time_limit_s must be greater than soft_time_limit_s")
-        if self.default_size > self.max_size or self.default_size % 16:
+        if self.default_size is not None and (self.default_size > self.max_size or self.default_size % 16):
             raise ValueError("default_size must be a multiple of 16 and at most max_size")
         return self
 
@@ -145,6 +146,11 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models this deployment's workers take jobs for (one queue each); [] when none is set."""
+        return self.worker_models or ([self.model] if self.model else [])
 
     @property
     def url(self) -> str:

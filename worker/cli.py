@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from PIL import Image, UnidentifiedImageError
 
-from shared.prompts import PromptSyntaxError, parse_prompts
+from shared.params import GenerationConfig, InvalidParams, build_config, png_metadata
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -27,20 +27,36 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-def _parse_size(value: str, max_size: int) -> tuple[int, int]:
-    """'WxH' (or one number for a square) -> (width, height), each a multiple of 16 within max_size."""
+def _parse_size(value: str) -> tuple[int, int]:
+    """'WxH' (or one number for a square) -> (width, height); their limits are checked with the rest."""
     text = value.lower().strip()
     parts = text.split("x") if "x" in text else [text, text]
     try:
         width, height = (int(p) for p in parts)
     except ValueError:
         raise BadInput(f"--size {value!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
-    for side in (width, height):
-        if side < 16 or side % 16:
-            raise BadInput(f"--size {value}: each side must be a positive multiple of 16")
-        if side > max_size:
-            raise BadInput(f"--size {value}: each side must be at most {max_size} (ARTGEN_MAX_SIZE)")
     return width, height
+
+
+# The command line's name for each parameter that shared.params may refuse.
+_FLAGS = {
+    "prompt": "PROMPT",
+    "model": "--model",
+    "width": "--size",
+    "height": "--size",
+    "iterations": "--iterations",
+    "cutn": "--cutn",
+    "seed": "--seed",
+    "cut_pow": "--cut-pow",
+    "step_size": "--step-size",
+    "init_weight": "--init-weight",
+    "image_prompts": "--image-prompt",
+}
+
+
+def _bad_params(exc: InvalidParams) -> BadInput:
+    """Every refused parameter on one line, each under its flag's name."""
+    return BadInput("; ".join(f"{_FLAGS.get(e.field, e.field)}: {e.message}" for e in exc.errors))
 
 
 def _open_image(path: Path, option: str) -> Image.Image:
@@ -66,18 +82,33 @@ def _default_model(models_dir: Path) -> str:
     "--init-image", type=click.Path(dir_okay=False, path_type=Path), help="Start from this picture."
 )
 @click.option(
-    "--init-weight", type=float, default=0.0, show_default=True, help="Pull towards the init picture."
+    "--init-weight",
+    type=float,
+    default=GenerationConfig.init_weight,
+    show_default=True,
+    help="Pull towards the init picture.",
 )
 @click.option(
     "--image-prompt", "image_prompts", type=click.Path(dir_okay=False, path_type=Path), multiple=True
 )
-@click.option("--size", default=None, help="WIDTHxHEIGHT, multiples of 16 [default: settings' default_size].")
-@click.option("--iterations", type=int, default=None, help="[default: settings' default_iterations]")
+@click.option(
+    "--size",
+    default=None,
+    help="WIDTHxHEIGHT, multiples of 16 [default: ARTGEN_DEFAULT_SIZE, else the model's].",
+)
+@click.option(
+    "--iterations", type=int, default=None, help="[default: ARTGEN_DEFAULT_ITERATIONS, else the model's]"
+)
 @click.option("--seed", type=int, default=None, help="Random when absent; printed either way.")
 @click.option("--model", default=None, help="Preset name (see `artgen models list`).")
-@click.option("--cutn", type=int, default=None, help="Cutouts per step [default: settings' default_cutn].")
-@click.option("--cut-pow", type=float, default=1.0, show_default=True)
-@click.option("--step-size", type=float, default=0.1, show_default=True)
+@click.option(
+    "--cutn",
+    type=int,
+    default=None,
+    help="Cutouts per step [default: ARTGEN_DEFAULT_CUTN, else the model's].",
+)
+@click.option("--cut-pow", type=float, default=GenerationConfig.cut_pow, show_default=True)
+@click.option("--step-size", type=float, default=GenerationConfig.step_size, show_default=True)
 @click.option(
     "--preview-every", type=int, default=0, help="Save a frame every N iterations into --frames-dir."
 )
@@ -102,30 +133,35 @@ def generate(
 ) -> None:
     """Paint PROMPT ("text:weight:stop|...") into OUT.png, in this process, with a progress bar."""
     settings = get_settings()
-    # --- validate everything before loading any model
-    try:
-        parse_prompts(prompt)
-    except PromptSyntaxError as error:
-        raise BadInput(f"PROMPT: {error}") from None
-    width, height = _parse_size(size or str(settings.default_size), settings.max_size)
-    iterations = settings.default_iterations if iterations is None else iterations
-    if iterations < 1:
-        raise BadInput(f"--iterations must be at least 1, not {iterations}")
-    cutn = settings.default_cutn if cutn is None else cutn
-    if not 1 <= cutn <= settings.max_cutn:
-        raise BadInput(f"--cutn must be between 1 and {settings.max_cutn}, not {cutn}")
-    if cut_pow <= 0 or step_size <= 0:
-        raise BadInput("--cut-pow and --step-size must be positive")
-    if init_weight and init_image is None:
-        raise BadInput("--init-weight needs --init-image")
+    # --- validate everything before loading any model; the model comes first, its defaults fill the gaps
+    model = model or _default_model(settings.models_dir)
     if preview_every < 0 or (preview_every and frames_dir is None):
         raise BadInput("--preview-every N needs N >= 1 and --frames-dir")
+    width, height = _parse_size(size) if size else (None, None)
     init = _open_image(init_image, "--init-image") if init_image else None
     prompt_images = [_open_image(p, "--image-prompt") for p in image_prompts]
+    try:
+        config = build_config(
+            settings,
+            prompt=prompt,
+            model=model,
+            width=width,
+            height=height,
+            iterations=iterations,
+            cutn=cutn,
+            seed=seed,
+            cut_pow=cut_pow,
+            step_size=step_size,
+            init_weight=init_weight,
+            init_image=init,
+            image_prompts=prompt_images,
+        )
+    except InvalidParams as exc:
+        raise _bad_params(exc) from None
     if not output.parent.is_dir():
         raise BadInput(f"-o {output}: folder {output.parent} does not exist")
 
-    from worker.engine import GenerationConfig, Painter, png_bytes
+    from worker.engine import Painter, png_bytes
     from worker.models import (
         ChecksumMismatch,
         ModelLoadError,
@@ -135,7 +171,6 @@ def generate(
         resolve_device,
     )
 
-    model = model or _default_model(settings.models_dir)
     try:
         resolve_device(device or settings.device)
         models = get_models(model, settings.models_dir, device or settings.device)
@@ -144,47 +179,33 @@ def generate(
     if models.note:
         click.echo(f"note: model {model}: {models.note}", err=True)
 
-    config = GenerationConfig(
-        prompts=prompt,
-        width=width,
-        height=height,
-        iterations=iterations,
-        seed=seed,
-        step_size=step_size,
-        cutn=cutn,
-        cut_pow=cut_pow,
-        init_image=init,
-        init_weight=init_weight,
-        image_prompts=prompt_images,
-    )
     from worker.runtime import EngineOptions
 
     try:
         painter = Painter(models, config, EngineOptions.from_settings(settings))
     except ValueError as error:
         raise BadInput(str(error)) from None
-    click.echo(f"seed {painter.seed}, model {model}, {width}x{height}, {iterations} iterations", err=True)
+    click.echo(
+        f"seed {painter.seed}, model {model}, {config.width}x{config.height}, {config.iterations} iterations",
+        err=True,
+    )
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
 
     # --- the loop; frames are saved here, outside the engine
     from tqdm import tqdm
 
-    with tqdm(total=iterations, unit="it", desc="painting", file=sys.stderr, dynamic_ncols=True) as bar:
-        while painter.iteration < iterations:
+    with tqdm(
+        total=config.iterations, unit="it", desc="painting", file=sys.stderr, dynamic_ncols=True
+    ) as bar:
+        while painter.iteration < config.iterations:
             info = painter.step()
             bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
             bar.update(1)
             if frames_dir is not None and preview_every and info.iteration % preview_every == 0:
                 info.image().save(frames_dir / f"frame_{info.iteration:05d}.png")
 
-    metadata = {
-        "prompt": prompt,
-        "seed": str(painter.seed),
-        "model": model,
-        "iterations": str(painter.iteration),
-        "size": f"{width}x{height}",
-    }
+    metadata = png_metadata(config, model=model, seed=painter.seed, iterations=painter.iteration)
     output.write_bytes(png_bytes(painter.image(), metadata))
     click.echo(f"wrote {output} (seed {painter.seed})", err=True)
 

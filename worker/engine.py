@@ -20,47 +20,29 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
-from shared.prompts import PromptSpec, parse_prompts
+# GenerationConfig lives in shared/ (plain data the API checks too); `worker.engine.GenerationConfig` stays.
+from shared.params import (
+    SIDE_MULTIPLE,
+    GenerationConfig,
+    InvalidParams,
+    Limits,
+    config_errors,
+    prompt_specs,
+)
+from shared.prompts import PromptSpec
 from worker.runtime import EngineOptions, EngineRuntime, engine_runtime
 
 if TYPE_CHECKING:
     from worker.models import LoadedModels
 
 STATE_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationConfig:
-    """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
-
-    prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
-    width: int = 256  # pixels; a multiple of the VQGAN's downsampling factor (16)
-    height: int = 256
-    iterations: int = 100  # optimisation steps
-    seed: int | None = None  # None: drawn at random, then exposed as Painter.seed
-    step_size: float = 0.1  # Adam learning rate, the notebook's default
-    cutn: int = 32  # cutouts per step: more = smoother gradient, linear cost in CLIP
-    cut_pow: float = 1.0  # cutout size ~ rand**cut_pow: >1 favours small cutouts (detail), <1 large
-    init_image: Image.Image | None = None  # start from this picture's latent instead of noise
-    init_weight: float = 0.0  # weight of MSE(z, z_init) * w / 2 (the notebook's, constant, no decay)
-    image_prompts: list[Image.Image] = field(default_factory=list)  # weight 1 each, CLIP-encoded cutouts
-    augment: bool = True  # per-cutout augmentations + noise (off only for benchmarks/tests)
-    # No init image: start from random codebook entries (the notebook's) or from uniform pixel noise
-    # encoded by the VQGAN (a smoother, greyish start). None: the model's own choice (Preset.noise_init).
-    noise_init: Literal["codes", "pixels"] | None = None
-    noise_fac: float = 0.1  # per-cutout Gaussian noise std drawn from U(0, noise_fac), as the notebook
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,23 +348,15 @@ def _clone_to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def validate_config(config: GenerationConfig, factor: int = 16) -> list[PromptSpec]:
-    """Check a config before any work; returns the parsed text prompts. Raises ValueError (one line)."""
-    specs = parse_prompts(config.prompts) if config.prompts.strip() or not config.image_prompts else []
-    for name, side in (("width", config.width), ("height", config.height)):
-        if side < factor or side % factor:
-            raise ValueError(f"{name} {side} must be a positive multiple of {factor}")
-    if config.iterations < 1:
-        raise ValueError(f"iterations must be at least 1, not {config.iterations}")
-    if config.cutn < 1:
-        raise ValueError(f"cutn must be at least 1, not {config.cutn}")
-    if config.cut_pow <= 0 or config.step_size <= 0:
-        raise ValueError("cut_pow and step_size must be positive")
-    if config.init_weight and config.init_image is None:
-        raise ValueError("init_weight needs an init_image")
-    if config.noise_init not in (None, "codes", "pixels"):
-        raise ValueError(f"noise_init must be 'codes' or 'pixels', not {config.noise_init!r}")
-    return specs
+def validate_config(config: GenerationConfig, factor: int = SIDE_MULTIPLE) -> list[PromptSpec]:
+    """Check a config before any work (shared.params); returns the parsed text prompts.
+
+    Raises InvalidParams (a ValueError) naming every problem on one line.
+    """
+    errors = config_errors(config, Limits(side_multiple=factor))
+    if errors:
+        raise InvalidParams(errors)
+    return prompt_specs(config)
 
 
 class Painter:

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from shared.model_facts import MODEL_NOTES
+
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -96,12 +98,16 @@ class Preset:
     description: str
     vqgan: VqganSpec
     clip: ClipSpec
-    note: str | None = None  # shown wherever the model is used (e.g. "pictures are not art")
     random_seed: int | None = None  # set: random weights from this seed, no files (the `tiny` preset)
     bundled_dir: Path | None = None  # set: files ship in this folder of the package, not in models_dir
     # How a painting without an init image starts (worker.engine.GenerationConfig.noise_init): random
     # codebook entries, as the notebook does, or VQGAN-encoded pixel noise.
     noise_init: Literal["codes", "pixels"] = "codes"
+
+    @property
+    def note(self) -> str | None:
+        """Shown wherever the model is used; the table in shared.model_facts holds it."""
+        return MODEL_NOTES.get(self.name)
 
     def files(self) -> list[WeightFile]:
         return [
@@ -204,7 +210,6 @@ register_preset(
             }
         ),
         clip=ClipSpec(variant="tiny-vit", config=_clip_config(64, 64, 2, 64, 16, 64, 2)),
-        note="untrained demo model: pictures ignore the prompt and are not art",
         random_seed=TINY_SEED,
     )
 )
@@ -223,10 +228,6 @@ def _toyworld_preset() -> Preset:
             variant="toyworld-vit",
             config=spec.CLIP_CONFIG,
             checkpoint=WeightFile(spec.CLIP_FILE, sha256=spec.CLIP_SHA256),
-        ),
-        note=(
-            "offline demo model: it knows only simple shapes, colours and positions "
-            "('a red circle on a blue background')"
         ),
         bundled_dir=spec.WEIGHTS_DIR,
         # Its CLIP is fade-tuned for a grey start; from random codes the white circle came out as blobs at

@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from api.deps import SettingsDep, StoreDep
 from api.metrics import Metrics, render_job_stats
 from api.schemas import Detail, Health, Ready
-from api.validation import served_models
 from shared.jobs import queue_for
 from shared.stats import read_stats
 
@@ -55,7 +54,7 @@ async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> R
     registry: Metrics = request.app.state.metrics
     keys = store.keys
     pipe = store.redis.pipeline(transaction=False)
-    models = served_models(settings)
+    models = settings.served_models
     for model in models:
         pipe.zcard(keys.queued(queue_for(model)))
     pipe.scard(keys.running())

@@ -17,12 +17,13 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from api.deps import EnqueuerDep, JobDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
-from api.schemas import MAX_IMAGE_PROMPTS, Detail, JobCreate, JobList, JobView
+from api.schemas import Detail, JobCreate, JobList, JobView
 from api.store import JobStore, sse, view_of
 from api.submission import Uploads, base64_uploads, submit_job
 from api.validation import from_pydantic, invalid
 from shared.images import timelapse_webp
 from shared.jobs import EventType, JobRecord, JobState
+from shared.params import MAX_IMAGE_PROMPTS
 from shared.settings import Settings
 from shared.storage import result_key, timelapse_key
 
@@ -141,10 +142,6 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
             )
         uploads.init_image = base64_pictures.init_image
     uploads.image_prompts.extend(base64_pictures.image_prompts)
-    if len(uploads.image_prompts) > MAX_IMAGE_PROMPTS:
-        raise invalid(
-            [{"loc": ("body", "image_prompts"), "msg": f"at most {MAX_IMAGE_PROMPTS}", "type": "value_error"}]
-        )
     return create, uploads
 
 

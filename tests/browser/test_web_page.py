@@ -372,3 +372,27 @@ def test_queued_without_worker(browser: Browser, workerless_url: str, shot: Shot
     finally:
         page.context.close()
     assert not errors, errors
+
+
+def test_the_form_takes_the_chosen_models_defaults(browser: Browser, tmp_path: Path) -> None:
+    """Choosing a model fills size, iterations and cutouts with its defaults from /v1/config."""
+    stack = Stack(tmp_path / "stack")
+    try:
+        url = stack.start_api(worker_models="toyworld,tiny")
+        defaults = httpx.get(f"{url}/v1/config", timeout=10).json()["model_defaults"]
+        assert defaults["toyworld"] != defaults["tiny"]
+        errors: list[str] = []
+        page = open_page(browser, url, errors)
+        try:
+            for model in ("toyworld", "tiny", "toyworld"):  # the first is the default model
+                page.get_by_label("Model", exact=True).select_option(model)
+                own = defaults[model]
+                expect(page.get_by_label("Width", exact=True)).to_have_value(str(own["size"]))
+                expect(page.get_by_label("Height", exact=True)).to_have_value(str(own["size"]))
+                expect(page.get_by_label("Iterations", exact=True)).to_have_value(str(own["iterations"]))
+                expect(page.get_by_label("Cutouts", exact=True)).to_have_value(str(own["cutn"]))
+        finally:
+            page.context.close()
+        assert not errors, errors
+    finally:
+        stack.close()

@@ -41,6 +41,7 @@ export function setupForm(given) {
       ui.prompt.focus();
     });
   }
+  ui.model.addEventListener("change", applyModelDefaults);
   ui.model.addEventListener("change", updateModelNote);
   ui.seedClear.addEventListener("click", () => {
     ui.seed.value = "";
@@ -80,10 +81,7 @@ export function applyConfig(config) {
   }
   if (config.default_model) ui.model.value = config.default_model;
   ui.model.disabled = config.models.length === 0;
-  setLimit(ui.width, config.max_size, config.default_size);
-  setLimit(ui.height, config.max_size, config.default_size);
-  setLimit(ui.iterations, config.max_iterations, config.default_iterations);
-  setLimit(ui.cutn, config.max_cutn, config.default_cutn);
+  applyModelDefaults();
   ui.prompt.maxLength = config.max_prompt_chars;
   const limits = {
     max_size: String(config.max_size),
@@ -98,6 +96,16 @@ export function applyConfig(config) {
     ui.apiKeyHint.textContent = "This service needs an API key. It is kept in this browser only.";
   }
   updateModelNote();
+}
+
+/** The chosen model's own size, iterations and cutouts (/v1/config `model_defaults`). */
+function applyModelDefaults() {
+  const config = state.config;
+  const defaults = (config.model_defaults || {})[ui.model.value] || {};
+  setLimit(ui.width, config.max_size, defaults.size);
+  setLimit(ui.height, config.max_size, defaults.size);
+  setLimit(ui.iterations, config.max_iterations, defaults.iterations);
+  setLimit(ui.cutn, config.max_cutn, defaults.cutn);
 }
 
 function updateModelNote() {

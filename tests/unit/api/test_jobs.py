@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.auth import ANONYMOUS
-from shared.jobs import MODEL_NOTES, JobRecord, JobState
+from shared.jobs import JobRecord, JobState
 from shared.keys import Keys
+from shared.model_facts import MODEL_NOTES
 from tests.unit.api.support import PREFIX, FakeWorker, RecordingEnqueuer, png_bytes
 
 KEYS = Keys(PREFIX)
@@ -230,3 +231,13 @@ def test_json_with_base64_init_image(client: TestClient, worker: FakeWorker) -> 
     assert response.status_code == 202, response.text
     record = JobRecord.from_redis(worker.client.hgetall(KEYS.job(response.json()["id"])))
     assert record.has_init_image and record.image_prompt_count == 0
+
+
+def test_a_job_that_leaves_parameters_out_gets_its_models_defaults(
+    make_client: Callable[..., TestClient], worker: FakeWorker
+) -> None:
+    client = make_client(model="toyworld", default_size=None, default_cutn=None)
+    job = client.post("/v1/jobs", json={"prompt": "a red circle"}).json()
+    record = worker.record(job["id"])
+    assert (record.width, record.height, record.iterations, record.cutn) == (64, 64, 150, 8)
+    assert job["note"] == MODEL_NOTES["toyworld"]

@@ -125,3 +125,22 @@ def test_the_rate_limit_counts_each_api_key_apart(make_client: Callable[..., Tes
     assert client.post("/v1/jobs", json=body, headers=first).status_code == 202
     assert client.post("/v1/jobs", json=body, headers=second).status_code == 202
     assert client.post("/v1/jobs", json=body, headers=first).status_code == 429
+
+
+def test_config_reports_each_models_defaults(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(
+        model=None, worker_models=["toyworld", "tiny"], default_size=None, default_cutn=None, max_size=512
+    )
+    config = client.get("/v1/config").json()
+    assert config["model_defaults"] == {
+        "toyworld": {"size": 64, "iterations": 150, "cutn": 8},
+        "tiny": {"size": 256, "iterations": 100, "cutn": 16},  # 32 cutouts, held to max_cutn
+    }
+    # The flat defaults are the default model's.
+    assert (config["default_size"], config["default_iterations"], config["default_cutn"]) == (64, 150, 8)
+    assert "artgen models pull imagenet-16384" in config["notes"]["toyworld"]
+
+
+def test_config_without_a_model_has_no_defaults(make_client: Callable[..., TestClient]) -> None:
+    config = make_client(model=None).get("/v1/config").json()
+    assert config["models"] == [] and config["model_defaults"] == {} and config["default_size"] is None

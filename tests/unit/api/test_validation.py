@@ -204,3 +204,25 @@ def test_base64_upload_over_the_limit_is_413(client: TestClient) -> None:
 def test_no_json_body_gives_a_5xx(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post("/v1/jobs", json=body)
     assert response.status_code in (202, 422, 429), response.text
+
+
+@pytest.mark.parametrize("prompt", ["a cat|:0.5", "a cat|:nan", "::2"])
+def test_a_prompt_piece_without_text_is_422_naming_it(
+    client: TestClient, enqueuer: RecordingEnqueuer, prompt: str
+) -> None:
+    response = client.post("/v1/jobs", json={**BASE, "prompt": prompt})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    piece = prompt.split("|")[-1]
+    assert error["loc"] == ["body", "prompt"] and f"prompt piece {piece!r} has no text" in error["msg"]
+    assert enqueuer.sent == []
+
+
+def test_every_mistake_is_named_in_one_answer(client: TestClient) -> None:
+    response = client.post("/v1/jobs", json={**BASE, "prompt": "a cat|:2", "width": 50, "cutn": 17})
+    assert response.status_code == 422
+    assert {tuple(e["loc"]) for e in response.json()["detail"]} == {
+        ("body", "prompt"),
+        ("body", "width"),
+        ("body", "cutn"),
+    }

@@ -38,3 +38,21 @@ def test_parse(prompt: str, expected: list[PromptSpec]) -> None:
 def test_refused(prompt: str, message: str) -> None:
     with pytest.raises(PromptSyntaxError, match=message):
         parse_prompts(prompt)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [":", "::0.5", ":1:2:3", "cat|:nan", "cat|:-inf", "cat|:inf:1", "cat| : ", "cat|::", "cat|\u200b:2"],
+)
+def test_a_piece_without_text_is_refused_by_name(prompt: str) -> None:
+    piece = prompt.split("|")[-1].strip()
+    with pytest.raises(PromptSyntaxError, match="no text") as caught:
+        parse_prompts(prompt)
+    assert repr(piece) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text"), [(": a red fox", ": a red fox"), ("1984", "1984"), ("-:2", "-"), ("🦊:2", "🦊")]
+)
+def test_short_or_odd_texts_are_still_texts(prompt: str, text: str) -> None:
+    assert [spec.text for spec in parse_prompts(prompt)] == [text]

@@ -58,3 +58,17 @@ def test_weak_api_keys_are_refused(monkeypatch: pytest.MonkeyPatch, keys: str) -
 def test_inconsistent_settings_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, **values)
+
+
+def test_served_models_are_the_worker_models_else_the_model() -> None:
+    assert Settings(_env_file=None).served_models == []
+    assert Settings(_env_file=None, model="tiny").served_models == ["tiny"]
+    both = Settings(_env_file=None, model="tiny", worker_models=["toyworld", "tiny"])
+    assert both.served_models == ["toyworld", "tiny"]
+
+
+def test_job_defaults_are_unset_unless_given() -> None:
+    """Unset, every model gets its own defaults (shared.model_facts); set, one value for all."""
+    settings = Settings(_env_file=None)
+    assert (settings.default_size, settings.default_iterations, settings.default_cutn) == (None, None, None)
+    assert Settings(_env_file=None, default_size=64).default_size == 64

@@ -104,3 +104,27 @@ def test_real_subprocess_is_byte_identical_for_a_seed(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     with Image.open(io.BytesIO(outputs[0])) as image:
         assert image.size == (64, 64) and image.text["seed"] == "7"
+
+
+def test_a_prompt_piece_without_text_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run("generate", "a fox|:0.5", "--model", "tiny", "-o", str(tmp_path / "o.png"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "Error: PROMPT: prompt piece ':0.5' has no text"
+
+
+def test_every_bad_flag_is_named_on_one_line(tmp_path: Path) -> None:
+    result = _run(
+        "generate",
+        "a fox",
+        "--model",
+        "tiny",
+        "--size",
+        "50x64",
+        "--cutn",
+        "0",
+        "-o",
+        str(tmp_path / "o.png"),
+    )
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert "--size: width must be a positive multiple of 16" in result.output
+    assert "--cutn: cutn must be at least 1 (got 0)" in result.output

@@ -237,3 +237,19 @@ def test_pull_without_a_published_hash_records_one(
     path.write_bytes(b"tampered")
     with pytest.raises(ChecksumMismatch):
         models.verify_file(PRESETS["t-tofu"].vqgan.checkpoint, path)
+
+
+def test_every_preset_reads_its_note_from_the_model_facts() -> None:
+    from shared.model_facts import MODEL_FACTS, MODEL_NOTES
+
+    assert set(PRESETS) == set(MODEL_FACTS)
+    assert {name: preset.note for name, preset in PRESETS.items()} == {
+        name: MODEL_NOTES.get(name) for name in MODEL_FACTS
+    }
+
+
+def test_the_engine_takes_the_shared_config() -> None:
+    from shared.params import GenerationConfig as Shared
+    from worker.engine import GenerationConfig
+
+    assert GenerationConfig is Shared

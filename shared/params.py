@@ -1,0 +1,291 @@
+"""A job's parameters as the engine takes them (`GenerationConfig`), and the one check of them.
+
+Plain data, no torch. `build_config` fills what a request leaves out with its model's defaults and checks
+every limit at once; the API calls it before anything is queued, the CLI before any model loads, the
+runner on a stored job, and the engine (`worker.engine.validate_config`) checks with `config_errors`, so
+one set of limits gives one set of messages. Each caller words the errors for its own users: a 422, a
+one-line CLI error, a failed job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+from shared.model_facts import MODEL_FACTS, STANDARD, JobDefaults
+from shared.prompts import PromptSpec, PromptSyntaxError, parse_prompts
+from shared.settings import Settings
+
+# Seeds are handed to torch.Generator.manual_seed; 32 bits keeps them portable to other RNGs.
+MAX_SEED = 2**32 - 1
+MAX_CUT_POW = 10.0  # beyond it nearly every cutout is a few pixels wide
+MAX_STEP_SIZE = 1.0  # Adam's step on a latent whose codes are about unit size
+MAX_INIT_WEIGHT = 100.0
+# Image prompts one job may carry (each one is CLIP-encoded on every iteration).
+MAX_IMAGE_PROMPTS = 4
+# Pixels per latent cell of the service's models, each side: the API takes multiples of it for every model.
+SIDE_MULTIPLE = 16
+
+
+@dataclass
+class GenerationConfig:
+    """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
+
+    prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
+    # Size, iterations and cutn default to the f16 models' job defaults (shared.model_facts.STANDARD).
+    width: int = STANDARD.size  # pixels; a multiple of the VQGAN's downsampling factor (16)
+    height: int = STANDARD.size
+    iterations: int = STANDARD.iterations  # optimisation steps
+    seed: int | None = None  # None: drawn at random, then exposed as Painter.seed
+    step_size: float = 0.1  # Adam learning rate, the notebook's default
+    cutn: int = STANDARD.cutn  # cutouts per step: more = smoother gradient, linear cost in CLIP
+    cut_pow: float = 1.0  # cutout size ~ rand**cut_pow: >1 favours small cutouts (detail), <1 large
+    init_image: Image.Image | None = None  # start from this picture's latent instead of noise
+    init_weight: float = 0.0  # weight of MSE(z, z_init) * w / 2 (the notebook's, constant, no decay)
+    image_prompts: list[Image.Image] = field(default_factory=list)  # weight 1 each, CLIP-encoded cutouts
+    augment: bool = True  # per-cutout augmentations + noise (off only for benchmarks/tests)
+    # No init image: start from random codebook entries (the notebook's) or from uniform pixel noise
+    # encoded by the VQGAN (a smoother, greyish start). None: the model's own choice (Preset.noise_init).
+    noise_init: Literal["codes", "pixels"] | None = None
+    noise_fac: float = 0.1  # per-cutout Gaussian noise std drawn from U(0, noise_fac), as the notebook
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds a config is checked against; None = no bound beyond what the engine can paint.
+
+    The engine checks with the defaults (its VQGAN's factor as `side_multiple`); the API, the CLI and
+    the runner with `from_settings`.
+    """
+
+    side_multiple: int = SIDE_MULTIPLE  # the engine passes its VQGAN's downsampling factor
+    max_size: int | None = None
+    max_iterations: int | None = None
+    max_cutn: int | None = None
+    max_prompt_chars: int | None = None
+    max_seed: int | None = None  # set: seeds from 0 to it
+    max_cut_pow: float | None = None
+    max_step_size: float | None = None
+    max_init_weight: float | None = None
+    max_image_prompts: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The service's limits: the deployment's settings and the fixed bounds above."""
+        return cls(
+            max_size=settings.max_size,
+            max_iterations=settings.max_iterations,
+            max_cutn=settings.max_cutn,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_seed=MAX_SEED,
+            max_cut_pow=MAX_CUT_POW,
+            max_step_size=MAX_STEP_SIZE,
+            max_init_weight=MAX_INIT_WEIGHT,
+            max_image_prompts=MAX_IMAGE_PROMPTS,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParamError:
+    """One thing wrong with a job's parameters."""
+
+    field: str  # as GenerationConfig and the API name it ("width", "prompt", "init_weight")
+    message: str  # a whole sentence that names the field the same way
+
+
+class InvalidParams(ValueError):
+    """Parameters that break one or more limits; `errors` lists every one."""
+
+    def __init__(self, errors: Sequence[ParamError]) -> None:
+        super().__init__("; ".join(error.message for error in errors))
+        self.errors = list(errors)
+
+
+def job_defaults(model: str, settings: Settings) -> JobDefaults | None:
+    """What a request on `model` gets when it leaves a parameter out; None for a model not in the table.
+
+    A set ARTGEN_DEFAULT_* overrides the model's own default; either way it is kept within the limits.
+    """
+    facts = MODEL_FACTS.get(model)
+    return None if facts is None else _deployed(facts.defaults, settings)
+
+
+def _deployed(own: JobDefaults, settings: Settings) -> JobDefaults:
+    size = settings.default_size if settings.default_size is not None else own.size
+    iterations = settings.default_iterations if settings.default_iterations is not None else own.iterations
+    cutn = settings.default_cutn if settings.default_cutn is not None else own.cutn
+    largest_side = settings.max_size - settings.max_size % SIDE_MULTIPLE
+    return JobDefaults(
+        size=min(size, largest_side),
+        iterations=min(iterations, settings.max_iterations),
+        cutn=min(cutn, settings.max_cutn),
+    )
+
+
+def prompt_specs(config: GenerationConfig) -> list[PromptSpec]:
+    """The text prompts of a config; none when it paints towards image prompts alone."""
+    if config.prompts.strip() or not config.image_prompts:
+        return parse_prompts(config.prompts)
+    return []
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _out_of_range(
+    name: str, value: float, low: float, high: float | None, *, above: bool = False
+) -> str | None:
+    """The message for a number outside [low, high] (or (low, high] with `above`), else None."""
+    finite = isinstance(value, int) or math.isfinite(value)
+    too_low = value <= low if above else value < low
+    too_high = high is not None and value > high
+    if finite and not too_low and not too_high:
+        return None
+    lowest = f"above {_number(low)}" if above else f"at least {_number(low)}"
+    if too_low or (high is None and finite):
+        return f"{name} must be {lowest} (got {value})"
+    if high is None:
+        return f"{name} must be a finite number {lowest} (got {value})"
+    span = (
+        f"above {_number(low)} and at most {_number(high)}"
+        if above
+        else f"from {_number(low)} to {_number(high)}"
+    )
+    return f"{name} must be {span} (got {value})"
+
+
+def config_errors(
+    config: GenerationConfig,
+    limits: Limits | None = None,
+    *,
+    has_init_image: bool | None = None,
+    image_prompt_count: int | None = None,
+) -> list[ParamError]:
+    """Everything wrong with a config, at once, so that a client sees all its mistakes in one answer.
+
+    `has_init_image` and `image_prompt_count` stand in for pictures not decoded yet (the API checks a
+    request before it reads its uploads); by default they come from the config.
+    """
+    limits = limits or Limits()
+    has_init_image = config.init_image is not None if has_init_image is None else has_init_image
+    image_prompt_count = len(config.image_prompts) if image_prompt_count is None else image_prompt_count
+    errors: list[ParamError] = []
+
+    def check(name: str, problem: str | None) -> None:
+        if problem is not None:
+            errors.append(ParamError(name, problem))
+
+    if limits.max_prompt_chars is not None and len(config.prompts) > limits.max_prompt_chars:
+        check(
+            "prompt",
+            f"prompt is {len(config.prompts)} characters long; the limit is {limits.max_prompt_chars}",
+        )
+    elif config.prompts.strip() or not image_prompt_count:
+        try:
+            parse_prompts(config.prompts)
+        except PromptSyntaxError as exc:
+            check("prompt", str(exc))
+
+    multiple, max_size = limits.side_multiple, limits.max_size
+    for name, side in (("width", config.width), ("height", config.height)):
+        if side < multiple or side % multiple or (max_size is not None and side > max_size):
+            at_most = f", at most {max_size}" if max_size is not None else ""
+            check(name, f"{name} must be a positive multiple of {multiple}{at_most} (got {side})")
+    check("iterations", _out_of_range("iterations", config.iterations, 1, limits.max_iterations))
+    check("cutn", _out_of_range("cutn", config.cutn, 1, limits.max_cutn))
+    if config.seed is not None and limits.max_seed is not None:
+        check("seed", _out_of_range("seed", config.seed, 0, limits.max_seed))
+    check("cut_pow", _out_of_range("cut_pow", config.cut_pow, 0, limits.max_cut_pow, above=True))
+    check("step_size", _out_of_range("step_size", config.step_size, 0, limits.max_step_size, above=True))
+    check("init_weight", _out_of_range("init_weight", config.init_weight, 0, limits.max_init_weight))
+    if config.init_weight and not has_init_image:
+        check("init_weight", "init_weight needs an init_image")
+    if limits.max_image_prompts is not None and image_prompt_count > limits.max_image_prompts:
+        check(
+            "image_prompts",
+            f"at most {limits.max_image_prompts} image_prompts (got {image_prompt_count})",
+        )
+    if config.noise_init not in (None, "codes", "pixels"):
+        check("noise_init", f"noise_init must be 'codes' or 'pixels', not {config.noise_init!r}")
+    return errors
+
+
+def build_config(
+    settings: Settings,
+    *,
+    prompt: str,
+    model: str,
+    width: int | None = None,
+    height: int | None = None,
+    iterations: int | None = None,
+    cutn: int | None = None,
+    seed: int | None = None,
+    cut_pow: float = GenerationConfig.cut_pow,
+    step_size: float = GenerationConfig.step_size,
+    init_weight: float = GenerationConfig.init_weight,
+    init_image: Image.Image | None = None,
+    image_prompts: Sequence[Image.Image] = (),
+    served: Sequence[str] | None = None,
+    has_init_image: bool | None = None,
+    image_prompt_count: int | None = None,
+) -> GenerationConfig:
+    """A job's config: parameters left as None get the model's defaults, then every limit is checked.
+
+    `served`: the models this deployment takes jobs for (the API); None accepts any model in the table.
+    Raises InvalidParams listing every error.
+    """
+    errors: list[ParamError] = []
+    if served is not None and model not in served:
+        errors.append(
+            ParamError("model", f"model {model[:100]!r} is not served here; choose one of {list(served)}")
+        )
+    elif model not in MODEL_FACTS:
+        errors.append(
+            ParamError("model", f"unknown model {model[:100]!r}; choose one of {', '.join(MODEL_FACTS)}")
+        )
+    # An unknown model is refused above; its gaps are filled with the standard defaults only so that the
+    # other parameters can be checked in the same answer.
+    defaults = job_defaults(model, settings) or _deployed(STANDARD, settings)
+    config = GenerationConfig(
+        prompts=prompt,
+        width=defaults.size if width is None else width,
+        height=defaults.size if height is None else height,
+        iterations=defaults.iterations if iterations is None else iterations,
+        seed=seed,
+        step_size=step_size,
+        cutn=defaults.cutn if cutn is None else cutn,
+        cut_pow=cut_pow,
+        init_image=init_image,
+        init_weight=init_weight,
+        image_prompts=list(image_prompts),
+    )
+    errors += config_errors(
+        config,
+        Limits.from_settings(settings),
+        has_init_image=has_init_image,
+        image_prompt_count=image_prompt_count,
+    )
+    if errors:
+        raise InvalidParams(errors)
+    return config
+
+
+def png_metadata(
+    config: GenerationConfig, *, model: str, seed: int, iterations: int, job_id: str | None = None
+) -> dict[str, str]:
+    """The parameters a finished picture carries as PNG text, enough to paint it again."""
+    metadata = {
+        "prompt": config.prompts,
+        "seed": str(seed),
+        "model": model,
+        "iterations": str(iterations),
+        "size": f"{config.width}x{config.height}",
+    }
+    if job_id is not None:
+        metadata["job_id"] = job_id
+    return metadata
