@@ -231,12 +231,14 @@ def build_config(
     init_image: Image.Image | None = None,
     image_prompts: Sequence[Image.Image] = (),
     served: Sequence[str] | None = None,
+    limits: Limits | None = None,
     has_init_image: bool | None = None,
     image_prompt_count: int | None = None,
 ) -> GenerationConfig:
     """A job's config: parameters left as None get the model's defaults, then every limit is checked.
 
     `served`: the models this deployment takes jobs for (the API); None accepts any model in the table.
+    `limits`: None checks this deployment's limits (`Limits.from_settings`).
     Raises InvalidParams listing every error.
     """
     errors: list[ParamError] = []
@@ -266,7 +268,7 @@ def build_config(
     )
     errors += config_errors(
         config,
-        Limits.from_settings(settings),
+        limits or Limits.from_settings(settings),
         has_init_image=has_init_image,
         image_prompt_count=image_prompt_count,
     )

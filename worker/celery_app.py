@@ -38,7 +38,7 @@ def resilient_redis(url: str) -> Any:
 
 def served_models(settings: Settings) -> list[str]:
     """The models this worker takes jobs for; refusing to guess when none is configured."""
-    models = settings.worker_models or ([settings.model] if settings.model else [])
+    models = settings.served_models
     if not models:
         raise RuntimeError("no model configured for this worker: set ARTGEN_MODEL (or ARTGEN_WORKER_MODELS)")
     return models

@@ -27,6 +27,7 @@ from shared.finished import write_finished
 from shared.images import timelapse_webp
 from shared.jobs import JobRecord, JobState, queue_for
 from shared.keys import Keys
+from shared.params import InvalidParams, Limits, build_config, png_metadata
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
 from shared.storage import ResultStore, result_key, timelapse_key
@@ -212,14 +213,9 @@ def finish(ctx: WorkerContext, job: ActiveJob) -> JobState:
 
     record, painter = job.record, job.painter
     job.reporter.frames.close()  # every preview lands before the job is reported finished
-    metadata = {
-        "prompt": record.prompt,
-        "seed": str(painter.seed),
-        "model": record.model,
-        "iterations": str(painter.iteration),
-        "size": f"{record.width}x{record.height}",
-        "job_id": record.id,
-    }
+    metadata = png_metadata(
+        painter.config, model=record.model, seed=painter.seed, iterations=painter.iteration, job_id=record.id
+    )
     result = png_bytes(painter.image(), metadata)
     # The durable copy first: a job is only `succeeded` once its picture outlives Redis.
     ctx.store.put(result_key(record.id), result, "image/png")
@@ -310,7 +306,7 @@ def _close_frames(job: ActiveJob) -> None:
 
 
 def _build_painter(ctx: WorkerContext, record: JobRecord) -> Painter:
-    from worker.engine import GenerationConfig, Painter
+    from worker.engine import Painter
     from worker.models import ChecksumMismatch, ModelsMissing, get_models
     from worker.runtime import EngineOptions
 
@@ -319,24 +315,30 @@ def _build_painter(ctx: WorkerContext, record: JobRecord) -> Painter:
         models = get_models(record.model, settings.models_dir, settings.device)
     except (ModelsMissing, ChecksumMismatch) as exc:
         raise JobError(str(exc)) from exc
-    config = GenerationConfig(
-        prompts=record.prompt,
-        width=record.width,
-        height=record.height,
-        iterations=record.iterations,
-        seed=record.seed,
-        step_size=record.step_size,
-        cutn=record.cutn,
-        cut_pow=record.cut_pow,
-        init_image=_stored_image(client, keys.init_image(record.id)) if record.has_init_image else None,
-        init_weight=record.init_weight,
-        image_prompts=[
-            _stored_image(client, keys.image_prompt(record.id, i)) for i in range(record.image_prompt_count)
-        ],
-    )
+    init_image = _stored_image(client, keys.init_image(record.id)) if record.has_init_image else None
+    count = record.image_prompt_count
+    prompts = [_stored_image(client, keys.image_prompt(record.id, i)) for i in range(count)]
+    # The API held the job to the service's limits when it was accepted; here only its structure is
+    # checked (a worker with other limits still paints what was accepted), and the engine adds its factor.
     try:
+        config = build_config(
+            settings,
+            prompt=record.prompt,
+            model=record.model,
+            width=record.width,
+            height=record.height,
+            iterations=record.iterations,
+            cutn=record.cutn,
+            seed=record.seed,
+            cut_pow=record.cut_pow,
+            step_size=record.step_size,
+            init_weight=record.init_weight,
+            init_image=init_image,
+            image_prompts=prompts,
+            limits=Limits(),
+        )
         return Painter(models, config, EngineOptions.from_settings(settings))
-    except (PromptSyntaxError, ValueError) as exc:
+    except (InvalidParams, PromptSyntaxError, ValueError) as exc:
         raise JobError(f"invalid job parameters: {exc}") from exc
 
 
