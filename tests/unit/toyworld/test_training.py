@@ -11,18 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.models import (
-    Normalize,
-    build_clip,
-    clip_from_state,
-    import_clip,
-    load_clip,
-    load_vqgan,
-    sha256_file,
-)
-from worker.toyworld import spec, world
-from worker.toyworld.data import distinct_caption_set, render_set
-from worker.toyworld.train_clip import (
+from toyworld import world
+from toyworld.data import distinct_caption_set, render_set
+from toyworld.train_clip import (
     Adversary,
     ClipTraining,
     FadeTuning,
@@ -37,7 +28,17 @@ from worker.toyworld.train_clip import (
     train_clip,
     used_token_rows,
 )
-from worker.toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
+from toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
+from worker.models import (
+    Normalize,
+    build_clip,
+    clip_from_state,
+    import_clip,
+    load_clip,
+    load_vqgan,
+    sha256_file,
+)
+from worker.toyworld import spec
 
 SMALL_CLIP = {**spec.CLIP_CONFIG, "vision_layers": 1, "transformer_layers": 1, "vision_width": 64}
 
@@ -260,7 +261,7 @@ def test_vqgan_training_is_deterministic() -> None:
 
 @pytest.mark.slow
 def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
-    from worker.toyworld.train import main
+    from toyworld.train import main
 
     argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]
     assert main([*argv, "--adversary-lifetime", "2", "--adversary-pairs"]) == 0
@@ -302,7 +303,7 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
 def test_training_refuses_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    from worker.toyworld.train import main
+    from toyworld.train import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), *argv])

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from worker.toyworld import world
-from worker.toyworld.world import PALETTE, Scene
+from toyworld import world
+from toyworld.world import PALETTE, Scene
 
 SEED = 0
 N = 400  # pictures checked by the sample-wide tests

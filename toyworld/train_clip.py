@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from toyworld import world
+from toyworld.data import WorldSet
 from worker.models import Normalize, build_clip, import_clip
 from worker.runtime import cpu_has_native_bf16
-from worker.toyworld import world
-from worker.toyworld.data import WorldSet
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Adversary:
         self.captions[i] = world.captions_for([scene], self.caption_rng)[0]
         self.painting[i] = scene
         if self.targets is not None:  # draws nothing: the random streams are the same either way
-            from worker.toyworld.train_vqgan import reconstruct
+            from toyworld.train_vqgan import reconstruct
 
             pixels = torch.from_numpy(world.render(scene, self.targets.shape[-1])).permute(2, 0, 1)
             with torch.no_grad():
@@ -241,7 +241,7 @@ class Adversary:
 @torch.no_grad()
 def reconstruct_first(vqgan: nn.Module, data: WorldSet, count: int, batch: int = 250) -> torch.Tensor:
     """The first `count` pictures of `data` through the VQGAN, as uint8 (count, 3, S, S)."""
-    from worker.toyworld.train_vqgan import reconstruct
+    from toyworld.train_vqgan import reconstruct
 
     count = min(count, len(data.scenes))
     out = torch.empty_like(data.images[:count])
