@@ -201,30 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vqgan-steps", type=int, default=VqganTraining.steps)
     parser.add_argument("--clip-steps", type=int, default=ClipTraining.steps)
     parser.add_argument(
-        "--counterfeits",
-        type=int,
-        default=ClipTraining.counterfeits,
-        help="near misses per CLIP step (0, the shipped setting, turns them off)",
-    )
-    parser.add_argument(
         "--adversary-lifetime",
         type=int,
         default=None,
         help=f"updates an adversary painting gets before it restarts from random codes "
         f"(default {ClipTraining.adversary_lifetime}; 3 with --quick)",
-    )
-    parser.add_argument(
-        "--counterfeit-blobs",
-        type=float,
-        default=ClipTraining.counterfeit_blobs,
-        help="fraction of the counterfeits that are irregular blobs in the shape's colours",
-    )
-    parser.add_argument(
-        "--adversary-pairs",
-        action=argparse.BooleanOptionalAction,
-        default=ClipTraining.adversary_pairs,
-        help="put each adversary painting's target picture and caption into the batch, so the painting "
-        f"competes with it under its own caption (default {ClipTraining.adversary_pairs})",
     )
     parser.add_argument(
         "--fade-steps",
@@ -255,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(
-        seed=args.seed,
-        steps=args.clip_steps,
-        counterfeits=args.counterfeits,
-        counterfeit_blobs=args.counterfeit_blobs,
-        adversary_pairs=args.adversary_pairs,
-    )
+    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps)
     fade_settings = FadeTuning(steps=args.fade_steps)
     train_pictures = args.train_pictures
     if args.quick:
