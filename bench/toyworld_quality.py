@@ -173,9 +173,7 @@ def checks(presets: dict[str, LoadedModels], seeds: list[int]) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
     import test_toyworld_prompts as suite  # its measures and settings, so the two cannot drift apart
 
-    def paint(models: LoadedModels, prompt: str, seed: int) -> np.ndarray:
-        return suite.paint(models, prompt, seed)
-
+    paint = suite.paint
     measures: list[tuple[str, float, Callable[[LoadedModels, int], float]]] = [
         ('"a red picture": R above G and B', 0.25, lambda m, s: suite.lead(0)(paint(m, "a red picture", s))),
         (
@@ -198,9 +196,10 @@ def checks(presets: dict[str, LoadedModels], seeds: list[int]) -> str:
         ),
     ]
     head = " | ".join(f"seed {s}" for s in seeds)
+    with_suite = set(suite.SEEDS) <= set(seeds)  # then also the suite's own measure: the mean over them
     lines = [
-        f"| check (threshold) | model | {head} | passes |",
-        "|---|---|" + "---:|" * len(seeds) + "---:|",
+        f"| check (threshold) | model | {head} | passes |" + (" suite (mean) |" if with_suite else ""),
+        "|---|---|" + "---:|" * (len(seeds) + 1 + with_suite),
     ]
     for name, threshold, measure in measures:
         for model, loaded in presets.items():
@@ -208,7 +207,11 @@ def checks(presets: dict[str, LoadedModels], seeds: list[int]) -> str:
             cells = " | ".join(f"{v:+.2f}" for v in values)
             passes = sum(v > threshold for v in values)
             label = f"{name} ({threshold})" if model == "toyworld" else ""
-            lines.append(f"| {label} | {model} | {cells} | {passes} of {len(seeds)} |")
+            row = f"| {label} | {model} | {cells} | {passes} of {len(seeds)} |"
+            if with_suite:
+                mean = np.mean([v for s, v in zip(seeds, values, strict=True) if s in suite.SEEDS])
+                row += f" {mean:+.2f} |"
+            lines.append(row)
             print(lines[-1], flush=True)
     return "\n".join(lines)
 
