@@ -18,7 +18,8 @@ def _shape(shape: str = "circle", fg: str = "red", bg: str = "blue", **kw: str) 
 @pytest.mark.parametrize("size", ["small", "medium", "large"])
 def test_a_rendered_red_circle_on_blue_passes_at_every_size(size: str) -> None:
     verdict = one_red_circle_on_blue(_shape(size=size))
-    assert verdict.one_circle and verdict.red_regions == 1 and verdict.centre_offset < 0.05
+    assert verdict.one_circle and verdict.one_shape
+    assert verdict.red_regions == 1 and verdict.centre_offset < 0.05
 
 
 def test_a_circle_off_centre_passes_and_says_where_it_is() -> None:
@@ -41,6 +42,12 @@ def test_near_misses_fail(picture: np.ndarray) -> None:
     assert not one_red_circle_on_blue(picture).one_circle
 
 
+@pytest.mark.parametrize("shape", ["square", "triangle"])
+def test_one_red_shape_that_is_not_round_is_one_shape_but_no_circle(shape: str) -> None:
+    verdict = one_red_circle_on_blue(_shape(shape))
+    assert verdict.one_shape and not verdict.one_circle
+
+
 def test_a_field_of_red_blobs_fails() -> None:
     dots = Scene(kind="dots", colours=("red", "blue"), rgb=(PALETTE["red"], PALETTE["blue"]))
     two = Scene(
@@ -52,4 +59,4 @@ def test_a_field_of_red_blobs_fails() -> None:
     )
     for scene, regions in ((dots, 16), (two, 2)):
         verdict = one_red_circle_on_blue(world.render(scene) / 255.0)
-        assert not verdict.one_circle and verdict.red_regions == regions
+        assert not verdict.one_shape and not verdict.one_circle and verdict.red_regions == regions
