@@ -1,5 +1,4 @@
-"""The `toyworld` demo models: a small VQGAN and CLIP trained offline on a procedural world of shapes.
-
-world.py draws the pictures and captions, train_vqgan.py / train_clip.py train the two networks,
-`python -m worker.toyworld.train` does both and prints the evaluation; spec.py pins the shipped files.
+"""The `toyworld` preset's shipped files: spec.py (architectures, file names, pinned SHA-256s), the two
+safetensors files and manifest.json. The training code that made them is the top-level `toyworld/`
+folder (`python -m toyworld.train`), which is not installed.
 """

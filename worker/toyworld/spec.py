@@ -1,8 +1,9 @@
 """The `toyworld` models' architectures, file names and pinned SHA-256s (plain data: no torch import).
 
-`python -m worker.toyworld.train` trains exactly these architectures and writes the two files below plus
-`manifest.json` (the same configs, hashes and the evaluation figures) into an output folder; the shipped
-files live beside this module and their hashes are pinned here, as the real presets pin theirs.
+`python -m toyworld.train` (the top-level training folder, not installed) trains exactly these
+architectures and writes the two files below plus `manifest.json` (the same configs, hashes and the
+evaluation figures) into an output folder; the shipped files live beside this module and their hashes
+are pinned here, as the real presets pin theirs.
 """
 
 from __future__ import annotations

@@ -11,6 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from toyworld import world
+from toyworld.data import distinct_caption_set, render_set
+from toyworld.train_clip import (
+    Adversary,
+    ClipTraining,
+    FadeTuning,
+    Tokens,
+    augment,
+    contrastive_loss,
+    encode_text_short,
+    fade,
+    fade_tune,
+    shippable_state,
+    train_clip,
+    used_token_rows,
+)
+from toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
 from worker.models import (
     Normalize,
     build_clip,
@@ -20,24 +37,7 @@ from worker.models import (
     load_vqgan,
     sha256_file,
 )
-from worker.toyworld import spec, world
-from worker.toyworld.data import distinct_caption_set, render_set
-from worker.toyworld.train_clip import (
-    Adversary,
-    ClipTraining,
-    FadeTuning,
-    Tokens,
-    augment,
-    contrastive_loss,
-    counterfeits,
-    encode_text_short,
-    fade,
-    fade_tune,
-    shippable_state,
-    train_clip,
-    used_token_rows,
-)
-from worker.toyworld.train_vqgan import VqganTraining, quantize, train_vqgan
+from worker.toyworld import spec
 
 SMALL_CLIP = {**spec.CLIP_CONFIG, "vision_layers": 1, "transformer_layers": 1, "vision_width": 64}
 
@@ -89,35 +89,6 @@ def test_negatives_that_look_like_a_caption_cost_more_than_unrelated_ones() -> N
     assert plain < unrelated < lookalike
 
 
-def test_a_near_miss_costs_only_the_caption_it_belongs_to() -> None:
-    features, scale, same = torch.eye(4, 8), torch.tensor(2.0), torch.eye(4)
-    plain = contrastive_loss(features, features, scale, same)
-    # Caption 0's near miss looks like caption 0: only caption 0's softmax gets the extra picture.
-    near = (features[:1].clone(), torch.tensor([0]))
-    assert contrastive_loss(features, features, scale, same, own_negatives=near) > plain
-    # The same picture as an unrelated caption's near miss would cost far less: it is not like caption 3.
-    elsewhere = (features[:1].clone(), torch.tensor([3]))
-    costs_elsewhere = contrastive_loss(features, features, scale, same, own_negatives=elsewhere)
-    assert plain < costs_elsewhere < contrastive_loss(features, features, scale, same, own_negatives=near)
-    # As a negative for every caption, it would cost more than as caption 0's alone.
-    shared = contrastive_loss(features, features, scale, same, negatives=features[:1].clone())
-    assert shared > contrastive_loss(features, features, scale, same, own_negatives=near)
-    # Gradients are finite although the other captions' near-miss logit is -inf.
-    text = features.clone().requires_grad_(True)
-    contrastive_loss(features, text, scale, same, own_negatives=near).backward()
-    assert torch.isfinite(text.grad).all()
-
-
-def test_counterfeits_belong_to_one_shape_rows_and_skip_the_generic_caption() -> None:
-    scenes = world.scenes(0, range(60))
-    texts = [world.caption(s) for s in scenes]
-    texts[next(i for i, s in enumerate(scenes) if s.kind == "shape")] = world.GENERIC_CAPTION
-    pixels, owners = counterfeits(range(60), texts, scenes, 5, np.random.default_rng(0))
-    assert len(owners) == 5 and pixels.shape == (5, 3, 64, 64)
-    assert all(scenes[i].kind == "shape" and texts[i] != world.GENERIC_CAPTION for i in owners)
-    assert float(pixels.min()) >= 0 and float(pixels.max()) <= 1
-
-
 def test_the_adversary_paints_towards_its_captions_and_restarts() -> None:
     vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
     clip_model = load_clip(spec.WEIGHTS_DIR / spec.CLIP_FILE, expected=spec.CLIP_CONFIG).float().eval()
@@ -143,34 +114,6 @@ def test_the_adversary_paints_towards_its_captions_and_restarts() -> None:
     adversary.paint(clip_model, tokens, normalize)  # the eighth update ends every latent's life
     assert (adversary.age == 0).all()
     assert adversary.captions != captions or not torch.equal(adversary.z, z_start)
-
-
-def test_adversary_pairs_are_the_pictures_and_captions_it_painted_towards() -> None:
-    vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
-    clip_model = load_clip(spec.WEIGHTS_DIR / spec.CLIP_FILE, expected=spec.CLIP_CONFIG).float().eval()
-    settings = ClipTraining(adversary_pool=4, adversary_batch=2, adversary_lifetime=1, adversary_pairs=True)
-    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    adversary = Adversary(vqgan, world.scenes(0, range(50)), settings, g, rng)
-    tokens, normalize = Tokens(spec.CLIP_CONFIG["context_length"]), Normalize()
-    captions, scenes = adversary.captions[:2], adversary.painting[:2]
-    adversary.paint(clip_model, tokens, normalize)  # advances latents 0 and 1, which then restart
-    assert adversary.painting[:2] != scenes  # seeded; both redrawn unchanged would be 1 in 2,500
-    targets, texts = adversary.pairs()
-    assert texts == captions  # the captions painted towards, not the new ones
-    assert targets.shape == (2, 3, 64, 64)
-    for target, scene in zip(targets, scenes, strict=True):  # the VQGAN's picture of the scene
-        rendered = torch.from_numpy(world.render(scene)).permute(2, 0, 1).float() / 255
-        assert float((target - rendered).square().mean()) < 0.02
-
-
-def test_adversary_pairs_are_off_unless_asked_for() -> None:
-    vqgan = load_vqgan(spec.VQGAN_CONFIG, spec.WEIGHTS_DIR / spec.VQGAN_FILE).float().eval()
-    settings = ClipTraining(adversary_pool=2, adversary_batch=2)
-    adversary = Adversary(
-        vqgan, world.scenes(0, range(5)), settings, torch.Generator().manual_seed(0), np.random.default_rng(0)
-    )
-    with pytest.raises(AssertionError, match="adversary_pairs is off"):
-        adversary.pairs()
 
 
 def test_quantize_picks_the_nearest_code_and_passes_gradients_straight_through() -> None:
@@ -260,12 +203,11 @@ def test_vqgan_training_is_deterministic() -> None:
 
 @pytest.mark.slow
 def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
-    from worker.toyworld.train import main
+    from toyworld.train import main
 
     argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--held-out-pictures", "50"]
-    assert main([*argv, "--adversary-lifetime", "2", "--adversary-pairs"]) == 0
+    assert main([*argv, "--adversary-lifetime", "2"]) == 0
     manifest = json.loads((tmp_path / spec.MANIFEST_FILE).read_text())
-    assert manifest["clip_training"]["settings"]["adversary_pairs"] is True
     for name, entry in manifest["files"].items():
         assert sha256_file(tmp_path / name) == entry["sha256"]
     assert manifest["evaluation"]["clip_retrieval"]["candidates"] == 100
@@ -281,7 +223,7 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
     base.mkdir()
     (base / spec.VQGAN_FILE).write_bytes((tmp_path / spec.VQGAN_FILE).read_bytes())
     common = ["--quick", "--no-progress", "--held-out-pictures", "50", "--adversary-lifetime", "2"]
-    assert main([*common, "--adversary-pairs", "--out", str(base), "--reuse-vqgan", "--fade-steps", "0"]) == 0
+    assert main([*common, "--out", str(base), "--reuse-vqgan", "--fade-steps", "0"]) == 0
     assert sha256_file(base / spec.CLIP_FILE) == manifest["clip_training"]["base_sha256"]
     again = tmp_path / "again"
     again.mkdir()
@@ -302,7 +244,7 @@ def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
 def test_training_refuses_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    from worker.toyworld.train import main
+    from toyworld.train import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), *argv])
@@ -311,14 +253,14 @@ def test_training_refuses_bad_arguments(
 
 
 @pytest.mark.slow
-def test_clip_training_is_deterministic_and_counterfeits_change_it() -> None:
+def test_clip_training_is_deterministic_and_its_seed_changes_it() -> None:
     data = render_set(0, 0, 64)
     settings = ClipTraining(steps=2, warmup=1, batch=16)
 
-    def weights(counterfeits: int) -> dict[str, torch.Tensor]:
-        model, _, _ = train_clip(data, spec.CLIP_CONFIG, replace(settings, counterfeits=counterfeits), False)
+    def weights(seed: int) -> dict[str, torch.Tensor]:
+        model, _, _ = train_clip(data, spec.CLIP_CONFIG, replace(settings, seed=seed), False)
         return model.state_dict()
 
-    plain, again, with_fakes = weights(0), weights(0), weights(4)
+    plain, again, other_seed = weights(0), weights(0), weights(1)
     assert all(torch.equal(plain[k], again[k]) for k in plain)
-    assert not all(torch.equal(plain[k], with_fakes[k]) for k in plain)
+    assert not all(torch.equal(plain[k], other_seed[k]) for k in plain)

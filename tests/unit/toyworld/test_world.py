@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from worker.toyworld import world
-from worker.toyworld.world import PALETTE, Scene
+from toyworld import world
+from toyworld.world import PALETTE, Scene
 
 SEED = 0
 N = 400  # pictures checked by the sample-wide tests
@@ -212,67 +212,3 @@ def test_colour_and_shape_names_are_single_clip_tokens() -> None:
     for word in (*PALETTE, *world.SHAPES):
         tokens = tokenize([word])[0]
         assert int((tokens > 0).sum()) == 3, word  # start, the word, end
-
-
-def _components(mask: np.ndarray) -> int:
-    """Connected regions (4-neighbour) of a boolean mask."""
-    seen = np.zeros_like(mask)
-    count = 0
-    for start in zip(*np.nonzero(mask), strict=True):
-        if seen[start]:
-            continue
-        count += 1
-        stack = [start]
-        seen[start] = True
-        while stack:
-            y, x = stack.pop()
-            for v, u in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= v < mask.shape[0] and 0 <= u < mask.shape[1] and mask[v, u] and not seen[v, u]:
-                    seen[v, u] = True
-                    stack.append((v, u))
-    return count
-
-
-def test_counterfeits_repeat_or_move_the_shape_and_keep_everything_else() -> None:
-    rng = np.random.default_rng(0)
-    shapes = [s for s in world.scenes(0, range(400)) if s.kind == "shape"]
-    repeated = moved = 0
-    for scene in shapes:
-        fake = world.counterfeit(scene, rng)
-        assert fake is not None
-        assert (fake.colours, fake.shapes, fake.size, fake.rgb) == (
-            scene.colours,
-            scene.shapes,
-            scene.size,
-            scene.rgb,
-        )
-        if fake.copies:
-            repeated += 1
-            assert fake.position == scene.position
-            foreground = _close(world.render(fake), scene.rgb[0], tol=2)
-            assert _components(foreground) > 1, (scene, fake.copies)
-        else:
-            moved += 1
-            assert fake.position != scene.position
-    assert repeated > 50 and moved > 50, (repeated, moved)
-    # Only one-shape scenes have counterfeits.
-    others = [s for s in world.scenes(0, range(100)) if s.kind != "shape"]
-    assert others and all(world.counterfeit(s, rng) is None for s in others)
-
-
-def test_blob_counterfeits_paint_irregular_blobs_in_the_shapes_colours() -> None:
-    shapes = [s for s in world.scenes(0, range(200)) if s.kind == "shape"]
-    rng = np.random.default_rng(0)
-    for scene in shapes[:20]:
-        fake = world.counterfeit(scene, rng, p_blobs=1.0)
-        assert fake is not None and fake.blobs >= 0
-        picture, real = world.render(fake), world.render(scene)
-        foreground, background = _close(picture, scene.rgb[0], tol=2), _close(picture, scene.rgb[1], tol=2)
-        # Only the two colours (edges anti-aliased between them), in a 10-40% share, and not the shape.
-        assert (foreground | background).mean() > 0.85
-        assert 0.07 < foreground.mean() < 0.43, foreground.mean()
-        assert not np.array_equal(picture, real)
-        assert np.array_equal(picture, world.render(fake))  # a pure function of the scene
-    # Off (the default), no draw is made: the same counterfeits as before blobs existed.
-    a, b = np.random.default_rng(3), np.random.default_rng(3)
-    assert [world.counterfeit(s, a) for s in shapes] == [world.counterfeit(s, b, 0.0) for s in shapes]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from toyworld import world
+from toyworld.data import HELD_OUT_START
 from worker import models
 from worker.models import ChecksumMismatch, get_preset, load_models, sha256_file, weights_present
-from worker.toyworld import spec, world
-from worker.toyworld.data import HELD_OUT_START
+from worker.toyworld import spec
 
 FILES = {spec.VQGAN_FILE: spec.VQGAN_SHA256, spec.CLIP_FILE: spec.CLIP_SHA256}
 
@@ -61,7 +62,7 @@ def test_loads_into_the_preset_architectures(toyworld: models.LoadedModels) -> N
 
 @torch.no_grad()
 def test_the_vqgan_reconstructs_held_out_pictures(toyworld: models.LoadedModels) -> None:
-    from worker.toyworld.train_vqgan import reconstruct
+    from toyworld.train_vqgan import reconstruct
 
     pictures = torch.stack(
         [
@@ -75,7 +76,7 @@ def test_the_vqgan_reconstructs_held_out_pictures(toyworld: models.LoadedModels)
 
 @torch.no_grad()
 def test_clip_tells_plain_colours_apart(toyworld: models.LoadedModels) -> None:
-    from worker.toyworld.train_clip import colour_accuracy
+    from toyworld.train_clip import colour_accuracy
 
     assert colour_accuracy(toyworld.clip)["accuracy"] >= 0.9
 

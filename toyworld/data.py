@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worker.toyworld import world
+from toyworld import world
 
 HELD_OUT_START = 10_000_000  # held-out pictures are indices from here: never among the training ones
 

@@ -1,7 +1,7 @@
 """Train both toyworld models, save them, reload them through the preset loaders and print evaluations.
 
-    python -m worker.toyworld.train --out worker/toyworld     # reproduce the shipped files
-    python -m worker.toyworld.train --quick --out /tmp/tw      # a fast smoke run (meaningless figures)
+    python -m toyworld.train --out worker/toyworld     # reproduce the shipped files
+    python -m toyworld.train --quick --out out/quick     # a fast smoke run (meaningless figures)
 
 CLIP is trained in two stages: the main one (`train_clip`, about 30 minutes) and a short fade stage
 (`fade_tune`, about 2 minutes) on its fp16 weights. `--base-clip FILE` skips the main stage and fade-tunes
@@ -28,10 +28,8 @@ from typing import Any
 
 import torch
 
-from worker.models import clip_from_state, load_clip, load_vqgan, sha256_file
-from worker.toyworld import spec
-from worker.toyworld.data import HELD_OUT_START, distinct_caption_set, render_set
-from worker.toyworld.train_clip import (
+from toyworld.data import HELD_OUT_START, distinct_caption_set, render_set
+from toyworld.train_clip import (
     ClipTraining,
     FadeTuning,
     colour_accuracy,
@@ -41,7 +39,9 @@ from worker.toyworld.train_clip import (
     train_clip,
     used_token_rows,
 )
-from worker.toyworld.train_vqgan import VqganTraining, evaluate_vqgan, reconstruct, train_vqgan
+from toyworld.train_vqgan import VqganTraining, evaluate_vqgan, reconstruct, train_vqgan
+from worker.models import clip_from_state, load_clip, load_vqgan, sha256_file
+from worker.toyworld import spec
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def run(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        "command": "python -m worker.toyworld.train " + " ".join(sys.argv[1:]),
+        "command": "python -m toyworld.train " + " ".join(sys.argv[1:]),
     }
     (out / spec.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -201,30 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vqgan-steps", type=int, default=VqganTraining.steps)
     parser.add_argument("--clip-steps", type=int, default=ClipTraining.steps)
     parser.add_argument(
-        "--counterfeits",
-        type=int,
-        default=ClipTraining.counterfeits,
-        help="near misses per CLIP step (0, the shipped setting, turns them off)",
-    )
-    parser.add_argument(
         "--adversary-lifetime",
         type=int,
         default=None,
         help=f"updates an adversary painting gets before it restarts from random codes "
         f"(default {ClipTraining.adversary_lifetime}; 3 with --quick)",
-    )
-    parser.add_argument(
-        "--counterfeit-blobs",
-        type=float,
-        default=ClipTraining.counterfeit_blobs,
-        help="fraction of the counterfeits that are irregular blobs in the shape's colours",
-    )
-    parser.add_argument(
-        "--adversary-pairs",
-        action=argparse.BooleanOptionalAction,
-        default=ClipTraining.adversary_pairs,
-        help="put each adversary painting's target picture and caption into the batch, so the painting "
-        f"competes with it under its own caption (default {ClipTraining.adversary_pairs})",
     )
     parser.add_argument(
         "--fade-steps",
@@ -255,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _fixed_mmap_threshold()
     vqgan_settings = VqganTraining(seed=args.seed, steps=args.vqgan_steps)
-    clip_settings = ClipTraining(
-        seed=args.seed,
-        steps=args.clip_steps,
-        counterfeits=args.counterfeits,
-        counterfeit_blobs=args.counterfeit_blobs,
-        adversary_pairs=args.adversary_pairs,
-    )
+    clip_settings = ClipTraining(seed=args.seed, steps=args.clip_steps)
     fade_settings = FadeTuning(steps=args.fade_steps)
     train_pictures = args.train_pictures
     if args.quick:

@@ -10,11 +10,7 @@ and an `Adversary` paints hard negatives the way the engine does (random codes, 
 the decoder towards a caption's text feature, against the CLIP being trained). Those paintings are extra
 pictures in every caption's softmax that no caption describes: CLIP learns to score the blobs the
 optimisation finds below the world's real pictures, so that following its gradient leads to them.
-The adversary's paintings are negatives for every caption alike. `counterfeits` (off unless asked for)
-adds near misses for one caption each: its one-shape picture with the shape repeated or moved, or with
-`counterfeit_blobs` its colours as irregular blobs, aimed at the engine painting several white blobs for
-"a white circle". `adversary_pairs` (off) puts each painting's target picture and caption into the batch.
-Neither fixed the white circle; MODELS.md has the figures.
+The adversary's paintings are negatives for every caption alike.
 
 A last, short stage (`fade_tune`, `FadeTuning`) fine-tunes that CLIP on pictures whose contrast is partly
 faded towards mid-grey, with their own captions. The toyworld preset paints from encoded pixel noise (a
@@ -42,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from toyworld import world
+from toyworld.data import WorldSet
 from worker.models import Normalize, build_clip, import_clip
 from worker.runtime import cpu_has_native_bf16
-from worker.toyworld import world
-from worker.toyworld.data import WorldSet
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +66,9 @@ class ClipTraining:
     adversary_every: int = 3  # training steps per adversary update (the negatives are reused between)
     # Updates before a latent restarts from random codes with a new caption: as long as a demo painting
     # (150 iterations), so CLIP also meets the late paintings the engine ends on. With 30 the red, blue
-    # and negative-weight checks failed 4 of 18 times over seeds 1-6, with 150 once (MODELS.md).
+    # and negative-weight checks failed 4 of 18 times over seeds 1-6 (random-codes start), with 150 once.
     adversary_lifetime: int = 150
     adversary_lr: float = 0.1  # the engine's default step size
-    # Put the world picture each adversary latent is painting towards (as the VQGAN reconstructs it) and its
-    # caption into every batch, so each painting competes in its own caption's softmax against the real
-    # picture. Without them a painting meets its own caption only when a random batch happens to draw it.
-    adversary_pairs: bool = False
-    # Per step at most: one-shape pictures shown, as a near miss, to their own caption. Off for the shipped
-    # weights: a run with 32 did not fix the white circle and weakened the negative weight (MODELS.md).
-    counterfeits: int = 0
-    counterfeit_blobs: float = 0.0  # fraction of counterfeits that are irregular blobs in the shape's colours
 
 
 class Tokens:
@@ -166,10 +154,6 @@ class Adversary:
         self.m, self.v = torch.zeros_like(self.z), torch.zeros_like(self.z)
         self.age = torch.zeros(n, dtype=torch.long)
         self.captions: list[str] = [""] * n
-        self.painting: list[world.Scene] = [self.scenes[0]] * n  # the scene each caption was drawn from
-        # With adversary_pairs: each latent's target picture, VQGAN-reconstructed, (N, 3, S, S) in [0, 1].
-        self.targets = torch.zeros(n, 3, size, size) if settings.adversary_pairs else None
-        self.last_pairs: tuple[torch.Tensor, list[str]] | None = None  # see `pairs`
         self._cursor = 0
         for i in range(n):
             self._restart(i)
@@ -184,19 +168,6 @@ class Adversary:
         self.age[i] = 0
         scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.g))]
         self.captions[i] = world.captions_for([scene], self.caption_rng)[0]
-        self.painting[i] = scene
-        if self.targets is not None:  # draws nothing: the random streams are the same either way
-            from worker.toyworld.train_vqgan import reconstruct
-
-            pixels = torch.from_numpy(world.render(scene, self.targets.shape[-1])).permute(2, 0, 1)
-            with torch.no_grad():
-                self.targets[i] = reconstruct(self.vqgan, pixels[None].float().div(255))[0]
-
-    def pairs(self) -> tuple[torch.Tensor, list[str]]:
-        """For the pictures `paint` last returned: the target pictures (B, 3, S, S) and the captions they
-        were painted towards (taken before any of those latents restarted with a new caption)."""
-        assert self.last_pairs is not None, "adversary_pairs is off, or nothing was painted yet"
-        return self.last_pairs
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, h, w) to pictures (N, 3, S, S) in [0, 1], differentiable in z (the engine's)."""
@@ -230,8 +201,6 @@ class Adversary:
             self.v[idx] = 0.999 * self.v[idx] + 0.001 * grad.square()
             step = (self.m[idx] / (1 - 0.9**t)) / ((self.v[idx] / (1 - 0.999**t)).sqrt() + 1e-8)
             self.z[idx] = (self.z[idx] - settings.adversary_lr * step).maximum(self.z_min).minimum(self.z_max)
-        if self.targets is not None:
-            self.last_pairs = (self.targets[idx].clone(), captions)
         for i in idx.tolist():
             if self.age[i] >= settings.adversary_lifetime:
                 self._restart(i)
@@ -241,7 +210,7 @@ class Adversary:
 @torch.no_grad()
 def reconstruct_first(vqgan: nn.Module, data: WorldSet, count: int, batch: int = 250) -> torch.Tensor:
     """The first `count` pictures of `data` through the VQGAN, as uint8 (count, 3, S, S)."""
-    from worker.toyworld.train_vqgan import reconstruct
+    from toyworld.train_vqgan import reconstruct
 
     count = min(count, len(data.scenes))
     out = torch.empty_like(data.images[:count])
@@ -257,12 +226,9 @@ def contrastive_loss(
     logit_scale: torch.Tensor,
     same: torch.Tensor,
     negatives: torch.Tensor | None = None,
-    own_negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE; `same` (N, N) marks pairs with equal captions, all of them positives.
-    `negatives` (M, D): features of pictures no caption describes, added to every caption's softmax.
-    `own_negatives` (features (K, D), owners (K,) distinct caption rows): a picture added to one
-    caption's softmax only (a near miss of that caption's picture)."""
+    `negatives` (M, D): features of pictures no caption describes, added to every caption's softmax."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
     scale = logit_scale.exp().clamp(max=100)
@@ -271,41 +237,11 @@ def contrastive_loss(
     per_text = logits.T  # (N texts, N pictures)
     if negatives is not None:
         per_text = torch.cat([per_text, scale * text_features @ F.normalize(negatives, dim=-1).T], 1)
-    if own_negatives is not None:
-        features, owners = own_negatives
-        own = torch.full((text_features.shape[0], 1), float("-inf"), dtype=per_text.dtype)
-        similarity = (text_features[owners] * F.normalize(features, dim=-1)).sum(-1, keepdim=True)
-        own = own.index_put((owners,), scale * similarity)  # (N, 1); -inf (no term) for the others
-        per_text = torch.cat([per_text, own], 1)
     n = logits.shape[0]
     return (
         torch.sum(-targets * logits.log_softmax(1), 1).mean()
         + torch.sum(-targets.T * per_text.log_softmax(1)[:, :n], 1).mean()
     ) / 2
-
-
-def counterfeits(
-    idx: Sequence[int],
-    texts: Sequence[str],
-    scenes: Sequence[world.Scene],
-    limit: int,
-    rng: np.random.Generator,
-    size: int = 64,
-    p_blobs: float = 0.0,
-) -> tuple[torch.Tensor, list[int]]:
-    """Near misses (K, 3, S, S) in [0, 1] of up to `limit` of the batch's one-shape pictures, and the
-    batch rows they belong to. "a picture" describes any picture, so it gets none."""
-    fakes: list[world.Scene] = []
-    owners: list[int] = []
-    for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
-        if len(fakes) == limit:
-            break
-        fake = world.counterfeit(scenes[i], rng, p_blobs) if text != world.GENERIC_CAPTION else None
-        if fake is not None:
-            fakes.append(fake)
-            owners.append(row)
-    pixels = torch.from_numpy(world.render_all(fakes, size)).permute(0, 3, 1, 2).float().div(255)
-    return pixels, owners
 
 
 def _lr(step: int, settings: ClipTraining) -> float:
@@ -352,39 +288,19 @@ def train_clip(
         if reconstructed is not None:
             shown = idx < len(reconstructed)
             pixels[shown] = reconstructed[idx[shown]].float().div(255)
-        # The random draws keep this order (batch views, adversary, its pairs, its paintings' views,
-        # counterfeits), so that a setting left off changes nothing in a run's streams.
+        # The random draws keep this order (batch views, adversary, its paintings' views): the shipped
+        # weights were trained with it.
         views = augment(pixels, settings, g)
         negatives = None
         if adversary is not None:
             if step % settings.adversary_every == 0:
                 painted = adversary.paint(model, tokens, normalize)  # (M, 3, S, S)
             assert painted is not None
-            if settings.adversary_pairs:  # each painting meets its own caption's picture in the batch
-                targets, target_texts = adversary.pairs()
-                views = torch.cat([views, augment(targets, settings, g)])  # (B + M, 3, S, S)
-                texts = texts + target_texts
             negatives = model.encode_image(normalize(augment(painted, settings, g)))  # (M, D)
-        image_features = model.encode_image(normalize(views))  # (B, D), or (B + M, D) with pairs
+        image_features = model.encode_image(normalize(views))  # (B, D)
         text_features = encode_text_short(model, tokens(texts))
         same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
-        own_negatives = None
-        if settings.counterfeits:  # off (the shipped setting): no draws, so the random streams are unchanged
-            batch_texts = texts[: settings.batch]
-            fakes, owners = counterfeits(
-                idx.tolist(),
-                batch_texts,
-                data.scenes,
-                settings.counterfeits,
-                caption_rng,
-                p_blobs=settings.counterfeit_blobs,
-            )
-            if owners:
-                fake_features = model.encode_image(normalize(augment(fakes, settings, g)))  # (K, D)
-                own_negatives = (fake_features, torch.tensor(owners))
-        loss = contrastive_loss(
-            image_features, text_features, model.logit_scale, same, negatives, own_negatives
-        )
+        loss = contrastive_loss(image_features, text_features, model.logit_scale, same, negatives)
 
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, settings)
@@ -410,7 +326,7 @@ class FadeTuning:
     faded: float = 0.5  # chance that a picture in the batch is faded
     # A faded picture is 0.5 + c * (picture - 0.5), c ~ U(low, 1). Shapes are faded less: with 0.3 for
     # every kind the white circle failed (mean +0.27 against 0.3), and with 0.4 or more for every kind
-    # "a red picture" failed from the grey start (MODELS.md).
+    # "a red picture" failed from the grey start.
     shape_low: float = 0.6  # scenes of one or two shapes
     other_low: float = 0.3  # fills, stripes, checkerboards and dots
 
@@ -441,7 +357,7 @@ def fade_tune(
     tokens = Tokens(model.context_length)
     # The main stage's betas and eps. In one side-by-side pair of seed-1 runs, torch's defaults (0.999, 1e-8)
     # left the negative weight's check a smaller margin (+0.14 against +0.25); other fade seeds failed
-    # with either (MODELS.md's table of fade runs): the recipe is seed-sensitive.
+    # with either: the recipe is seed-sensitive (MODELS.md, Limits).
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0
     )

@@ -13,15 +13,12 @@ both, rendered with 4x supersampling (anti-aliased edges), and captioned from a 
     a picture                                  (any picture, rarely: the prompt "a picture" means "anything")
 
 A shape whose caption names no position is in the middle, so "a white circle" is centred.
-
-`counterfeit` makes, from a one-shape scene, a near miss that its captions do not describe: the same
-shape repeated elsewhere, or moved. Training shows it to each caption as that caption's own negative.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,8 +76,6 @@ class Scene:
     orientation: str = "horizontal"  # stripes
     offset: tuple[float, float] = (0.0, 0.0)  # centre jitter, fraction of the side
     period: int = 4  # stripes/checkerboard/dots: cells across the picture
-    copies: tuple[tuple[float, float], ...] = ()  # shape: more centres with the same shape (counterfeits)
-    blobs: int = -1  # shape, counterfeits only: >= 0 paints blobs from this seed instead of the shape
 
 
 @dataclass(frozen=True)
@@ -137,32 +132,6 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(kind=kind, colours=names, rgb=rgb, **extra)
 
 
-def counterfeit(scene: Scene, rng: np.random.Generator, p_blobs: float = 0.0) -> Scene | None:
-    """A near miss of a one-shape scene that none of its captions describes (None for other kinds):
-    half the time the shape is repeated 1-3 times elsewhere (centres 2.3 radii or more apart across or
-    down, so no two touch), otherwise it is moved to another named position. With `p_blobs`, that share
-    of them are its two colours as irregular blobs instead (`_blob_mask`). Any caption of `scene`
-    other than "a picture" names or implies one shape at one position (an unnamed one is the middle).
-    """
-    if scene.kind != "shape":
-        return None
-    if p_blobs and rng.random() < p_blobs:  # no draw when off: the random stream is unchanged
-        return replace(scene, blobs=int(rng.integers(2**31)))
-    if rng.random() < 0.5:
-        r = SIZES[scene.size]
-        cx, cy = POSITIONS[scene.position]
-        centres = [(cx + scene.offset[0], cy + scene.offset[1])]
-        for _ in range(int(rng.integers(1, 4))):
-            for _attempt in range(20):  # rejection sampling; large shapes may find no room
-                x, y = (float(v) for v in rng.uniform(r * 0.6, 1 - r * 0.6, size=2))
-                if all(max(abs(x - u), abs(y - v)) >= 2.3 * r for u, v in centres):
-                    centres.append((x, y))
-                    break
-        if len(centres) > 1:
-            return replace(scene, copies=tuple(centres[1:]))
-    return replace(scene, position=_pick(rng, tuple(POSITIONS), [scene.position]))
-
-
 # ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
@@ -183,25 +152,6 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: 
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _blob_mask(seed: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Irregular blobs covering 10-40% of the picture, some at the edges: a smooth random field (a 5x5 grid
-    of uniform values, bilinear between them) above its quantile. What the engine paints when CLIP
-    rewards a colour pair more than a shape."""
-    rng = np.random.default_rng(seed)
-    grid = rng.random((5, 5))
-    coverage = rng.uniform(0.1, 0.4)
-    gx, gy = xs * 4, ys * 4  # [0, 4]
-    x0, y0 = np.minimum(gx.astype(int), 3), np.minimum(gy.astype(int), 3)
-    fx, fy = gx - x0, gy - y0
-    field = (
-        grid[y0, x0] * (1 - fx) * (1 - fy)
-        + grid[y0, x0 + 1] * fx * (1 - fy)
-        + grid[y0 + 1, x0] * (1 - fx) * fy
-        + grid[y0 + 1, x0 + 1] * fx * fy
-    )
-    return field >= np.quantile(field, 1 - coverage)
-
-
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """The scene as a (size, size, 3) uint8 picture."""
     n = size * _SUPERSAMPLE
@@ -215,11 +165,7 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     elif scene.kind == "shape":
         canvas[:] = rgb[1]
         cx, cy = POSITIONS[scene.position]
-        if scene.blobs >= 0:
-            canvas[_blob_mask(scene.blobs, xs, ys)] = rgb[0]
-        else:
-            for x, y in ((cx + dx, cy + dy), *scene.copies):
-                canvas[_shape_mask(scene.shapes[0], x, y, SIZES[scene.size], xs, ys)] = rgb[0]
+        canvas[_shape_mask(scene.shapes[0], cx + dx, cy + dy, SIZES[scene.size], xs, ys)] = rgb[0]
     elif scene.kind == "two_shapes":
         canvas[:] = rgb[2]
         for i, (cx, shape) in enumerate(zip((0.27, 0.73), scene.shapes, strict=True)):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from toyworld.data import WorldSet
 from worker.models import VQGAN, build_vqgan
-from worker.toyworld.data import WorldSet
 
 log = logging.getLogger(__name__)
 
