@@ -239,5 +239,5 @@ def test_a_job_that_leaves_parameters_out_gets_its_models_defaults(
     client = make_client(model="toyworld", default_size=None, default_cutn=None)
     job = client.post("/v1/jobs", json={"prompt": "a red circle"}).json()
     record = worker.record(job["id"])
-    assert (record.width, record.height, record.iterations, record.cutn) == (64, 64, 150, 8)
+    assert (record.width, record.height, record.iterations, record.cutn) == (128, 128, 200, 16)  # max_cutn 16
     assert job["note"] == MODEL_NOTES["toyworld"]

@@ -133,11 +133,11 @@ def test_config_reports_each_models_defaults(make_client: Callable[..., TestClie
     )
     config = client.get("/v1/config").json()
     assert config["model_defaults"] == {
-        "toyworld": {"size": 64, "iterations": 150, "cutn": 8},
+        "toyworld": {"size": 128, "iterations": 200, "cutn": 16},  # 32, held to max_cutn
         "tiny": {"size": 256, "iterations": 100, "cutn": 16},  # 32 cutouts, held to max_cutn
     }
     # The flat defaults are the default model's.
-    assert (config["default_size"], config["default_iterations"], config["default_cutn"]) == (64, 150, 8)
+    assert (config["default_size"], config["default_iterations"], config["default_cutn"]) == (128, 200, 16)
     assert "artgen models pull imagenet-16384" in config["notes"]["toyworld"]
 
 

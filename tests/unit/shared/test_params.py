@@ -43,7 +43,7 @@ def _refused(**params: Any) -> dict[str, str]:
 
 def test_each_model_has_its_facts_once() -> None:
     assert set(MODEL_FACTS) == {"imagenet-16384", "wikiart-16384", "tiny", "toyworld"}
-    assert MODEL_FACTS["toyworld"].defaults == JobDefaults(size=64, iterations=150, cutn=8)
+    assert MODEL_FACTS["toyworld"].defaults == JobDefaults(size=128, iterations=200, cutn=32)
     assert "untrained demo model" in MODEL_NOTES["tiny"] and "ignore the prompt" in MODEL_NOTES["tiny"]
     assert "artgen models pull imagenet-16384" in MODEL_NOTES["toyworld"]
     assert "imagenet-16384" not in MODEL_NOTES  # the real models carry no note
@@ -52,7 +52,7 @@ def test_each_model_has_its_facts_once() -> None:
 def test_left_out_parameters_get_the_models_defaults() -> None:
     settings = _settings()
     toy = build_config(settings, prompt="a red circle", model="toyworld")
-    assert (toy.width, toy.height, toy.iterations, toy.cutn) == (64, 64, 150, 8)
+    assert (toy.width, toy.height, toy.iterations, toy.cutn) == (128, 128, 200, 32)
     real = build_config(settings, prompt="a red fox", model="imagenet-16384")
     assert (real.width, real.height, real.iterations, real.cutn) == (
         STANDARD.size,
@@ -61,7 +61,7 @@ def test_left_out_parameters_get_the_models_defaults() -> None:
         STANDARD.cutn,
     )
     given = build_config(settings, prompt="a red circle", model="toyworld", width=32, iterations=3, cutn=2)
-    assert (given.width, given.height, given.iterations, given.cutn) == (32, 64, 3, 2)
+    assert (given.width, given.height, given.iterations, given.cutn) == (32, 128, 3, 2)
 
 
 def test_a_set_default_overrides_every_models_own() -> None:
