@@ -13,9 +13,9 @@ Wheels already on disk are linked, the rest are downloaded or built from sdists 
 from __future__ import annotations
 
 import hashlib
-import os
 import http.server
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,13 +31,16 @@ REPO = Path(__file__).resolve().parents[2]
 # The S3 stand-in's server (tests/docker/standins/moto.Dockerfile installs the same pin).
 MOTO = "moto[server]==5.2.5"
 PYTHON_IMAGE = "python:3.11.11-slim-bookworm"
+PORT = int(os.environ.get("ARTGEN_TEST_INDEX_PORT", "39116"))
 CA_BUNDLE = Path(os.environ.get("ARTGEN_TEST_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 
 
 def _local_indexes() -> list[str]:
     """This machine's pip extra-index-url entries that are folders on disk (file://...)."""
     found = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "get", "global.extra-index-url"], capture_output=True, text=True
+        [sys.executable, "-m", "pip", "config", "get", "global.extra-index-url"],
+        capture_output=True,
+        text=True,
     )
     return [url for url in found.stdout.split() if url.startswith("file://")]
 
@@ -135,7 +138,9 @@ def build(cache: Path) -> Path:
     for project, names in projects.items():
         links = "".join(f'<a href="../../files/{n}">{n}</a>\n' for n in sorted(names))
         (tmp / "simple" / project).mkdir(parents=True)
-        (tmp / "simple" / project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+        (tmp / "simple" / project / "index.html").write_text(
+            f"<!DOCTYPE html><html><body>\n{links}</body></html>\n"
+        )
     top = "".join(f'<a href="{p}/">{p}</a>\n' for p in sorted(projects))
     (tmp / "simple" / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{top}</body></html>\n")
     tmp.rename(root)
@@ -148,9 +153,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve(root: Path) -> Iterator[str]:
-    """Serve the index on a free loopback port; yields its `simple/` URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+def serve(root: Path, port: int = PORT) -> Iterator[str]:
+    """Serve the index on loopback; yields its `simple/` URL.
+
+    The same port each run when it is free: the URL is a build argument, and a new value would make
+    Docker rebuild every layer after it (the torch layer included).
+    """
+    handler = partial(_QuietHandler, directory=str(root))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -17,8 +17,11 @@ DATA = Path(sys.argv[1])
 server = ThreadedMotoServer(ip_address="0.0.0.0", port=9000)
 server.start()
 s3 = boto3.client(
-    "s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1",
-    aws_access_key_id="standin", aws_secret_access_key="standin",
+    "s3",
+    endpoint_url="http://127.0.0.1:9000",
+    region_name="us-east-1",
+    aws_access_key_id="standin",
+    aws_secret_access_key="standin",
 )
 for bucket in sorted(p for p in DATA.iterdir() if p.is_dir()) if DATA.exists() else []:
     s3.create_bucket(Bucket=bucket.name)
