@@ -26,6 +26,10 @@ from tests.docker.conftest import (
     write_env,
 )
 
+# The first test's setup builds the wheel index and the images: minutes from cold. Every wait inside a
+# test has its own, shorter bound.
+pytestmark = pytest.mark.timeout(1800)
+
 WORKER_IMAGE = f"{PROJECT}-worker:local"
 API_IMAGE = f"{PROJECT}-api:local"
 # Small enough to paint in seconds on a shared 2-core CPU with the `tiny` model.
