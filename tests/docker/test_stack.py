@@ -98,7 +98,7 @@ def test_torch_variant_selects_the_index(images: Stack, variant: str) -> None:
     here, so a loopback URL with nothing on it stands in: the build must fail looking there)."""
     index = images.settings["ARTGEN_TEST_INDEX_URL"]
     cpu_index = index.replace("/simple/", "/cpu-index-standin/")
-    command = ["docker", "build", "--network", "host", "--no-cache", "-f", "Dockerfile.worker",
+    command = ["docker", "build", "--network", "host", "--force-rm", "-f", "Dockerfile.worker",
                "--build-arg", f"PIP_INDEX_URL={index}", "--build-arg", f"TORCH_VARIANT={variant}",
                "--build-arg", f"TORCH_CPU_INDEX_URL={cpu_index}", "."]  # fmt: skip
     env = {**compose_env(), "DOCKER_BUILDKIT": "0"}  # the classic builder prints each step's output
