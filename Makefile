@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test test-unit test-integration test-browser lint bench clean
+.PHONY: install system-deps run test test-unit test-integration test-browser test-docker lint bench clean
 
 install: $(STAMP)
 
@@ -35,8 +35,9 @@ system-deps:
 run: install
 	$(VENV)/bin/artgen up
 
+# Everything but tests/docker (marker `docker`), which has its own target below.
 test: install system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -46,6 +47,13 @@ test-integration: install system-deps
 
 test-browser: install system-deps
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+# The images built from the Dockerfiles and the compose stack run for real (root, Debian): installs and
+# starts a Docker engine and Compose v2 when missing, builds stand-ins for the public base images
+# (Docker Hub is out of reach here), then tests/docker. Figures: test-artifacts/docker-figures.json.
+test-docker: install
+	PYTHON=$(abspath $(PY)) bash tests/docker/bootstrap.sh
+	$(PY) -m pytest tests/docker -m docker -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -106,13 +106,37 @@ def test_api_image_has_no_torch(tmp_path: Path) -> None:
     assert "COPY worker" not in text, "the gateway never ships worker code"
 
 
-def test_worker_image_has_cuda_torch(tmp_path: Path) -> None:
+def test_worker_image_has_the_suites_torch(tmp_path: Path) -> None:
     requirements = _requirements("Dockerfile.worker", tmp_path)
     names = {re.split(r"[<>=!\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
     assert {"torch", "openai-clip", "taming-transformers", "celery", "boto3"} <= names
     text = (REPO / "Dockerfile.worker").read_text()
-    assert re.search(r"^FROM pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", text, flags=re.MULTILINE)
-    assert "torch.version.cuda" in text, "the build fails if pip swapped in a CPU-only torch"
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-bookworm$", text, flags=re.MULTILINE), (
+        "cp311, like the suite"
+    )
+    # torch and torchvision: the releases `make install` gives the test suite, and pyproject pins the same.
+    makefile = (REPO / "Makefile").read_text()
+    suite = dict(re.findall(r"\b(torch|torchvision)==([\d.]+)", makefile))
+    args = dict(re.findall(r"^ARG (TORCH_VERSION|TORCHVISION_VERSION)=([\d.]+)$", text, flags=re.MULTILINE))
+    assert args == {"TORCH_VERSION": suite["torch"], "TORCHVISION_VERSION": suite["torchvision"]}
+    assert (
+        f"torch=={suite['torch']}" in requirements and f"torchvision=={suite['torchvision']}" in requirements
+    )
+    # The torch layer comes before pyproject.toml is copied, so a dependency edit does not reinstall it.
+    order = [f"{i} {a}" for i, a in _instructions("Dockerfile.worker")]
+    torch_step = next(n for n, s in enumerate(order) if s.startswith("RUN") and "torch==$TORCH_VERSION" in s)
+    assert torch_step < next(n for n, s in enumerate(order) if s.startswith("COPY pyproject.toml"))
+
+
+def test_worker_torch_variant_picks_the_index_and_is_checked() -> None:
+    text = (REPO / "Dockerfile.worker").read_text()
+    assert re.search(r"^ARG TORCH_VARIANT=cuda$", text, flags=re.MULTILINE), "CUDA unless asked otherwise"
+    assert re.search(
+        r"^ARG TORCH_CPU_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", text, flags=re.MULTILINE
+    )
+    assert 'cpu) torch_index="$TORCH_CPU_INDEX_URL"' in text and 'cuda) torch_index="$PIP_INDEX_URL"' in text
+    # The build fails if the wheel does not match the variant (a CPU torch in the CUDA image, or back).
+    assert "assert bool(torch.version.cuda) == (v == 'cuda')" in text
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
