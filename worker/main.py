@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 
@@ -51,6 +52,14 @@ def worker(
                 f"weights for {name!r} are missing from {settings.models_dir}; "
                 f"run `artgen models pull {name}` first"
             )
+
+    try:
+        # What every job needs, loaded before the worker takes one: a worker that cannot paint must not
+        # start (its healthcheck only pings Celery, which would answer and take jobs it then fails).
+        importlib.import_module("worker.engine")
+        importlib.import_module("worker.tasks")
+    except ImportError as exc:
+        raise click.ClickException(f"the worker cannot load its engine: {exc}") from exc
 
     from worker.celery_app import app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,34 @@ def test_every_bad_flag_is_named_on_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
     assert "--size: width must be a positive multiple of 16" in result.output
     assert "--cutn: cutn must be at least 1 (got 0)" in result.output
+
+
+def test_a_worker_that_cannot_load_its_engine_does_not_start(tmp_path: Path) -> None:
+    """`artgen worker` exits with one line before it takes jobs, rather than failing every job it takes."""
+    # sitecustomize runs at interpreter start: it makes `import worker.engine` fail as a broken image would.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Broken:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'worker.engine':\n"
+        "            raise ImportError('No module named deliberately_missing_module')\n"
+        "sys.meta_path.insert(0, _Broken())\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}",
+        "ARTGEN_MODEL": "tiny",
+        "ARTGEN_DEVICE": "cpu",
+        "ARTGEN_REDIS_URL": "redis://127.0.0.1:1/0",  # never reached: the check comes first
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "worker", "--pool", "solo"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "the worker cannot load its engine" in result.stderr
+    assert "deliberately_missing_module" in result.stderr and "Traceback" not in result.stderr
