@@ -26,7 +26,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs
 from api.schemas import MAX_IMAGE_PROMPTS
-from api.store import JobStore
+from api.store import JobStore, ResultStoreUnavailable
 from shared.keys import Keys
 from shared.settings import Settings, get_settings
 from shared.storage import ResultStore, make_store
@@ -117,6 +117,7 @@ def create_app(
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.OutOfMemoryError, _redis_full)
+    app.add_exception_handler(ResultStoreUnavailable, _result_store_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
@@ -157,6 +158,15 @@ async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
         {"detail": "the service is out of memory for new data; try again later"},
         status_code=503,
         headers={"Retry-After": str(REDIS_FULL_RETRY_AFTER_S)},
+    )
+
+
+async def _result_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("result store unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the result store is unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
     )
 
 

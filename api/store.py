@@ -20,6 +20,10 @@ from shared.storage import ResultStore, result_key
 from shared.transitions import CANCEL_IF_QUEUED
 
 
+class ResultStoreUnavailable(Exception):
+    """The result store did not answer a read (finished jobs' pictures are served from it)."""
+
+
 def links(job_id: str) -> JobLinks:
     base = f"/v1/jobs/{job_id}"
     return JobLinks(
@@ -95,7 +99,10 @@ class JobStore:
         if cached is not None:
             return cached
         # boto3 and disk reads block: off the event loop.
-        data: bytes | None = await anyio.to_thread.run_sync(self.results.get, store_key)
+        try:
+            data: bytes | None = await anyio.to_thread.run_sync(self.results.get, store_key)
+        except Exception as exc:  # S3 or the disk away: a 503 for the client, not a 500
+            raise ResultStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return data
 
     async def latest_frame(self, record: JobRecord) -> bytes | None:

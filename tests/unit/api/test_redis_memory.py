@@ -194,3 +194,24 @@ def test_a_write_redis_refuses_for_memory_is_a_503(
     monkeypatch.setattr(fakeredis.FakeAsyncRedis, "zcard", full)
     response = client.post("/v1/jobs", json={"prompt": "a fox"})
     assert response.status_code == 503 and "retry-after" in response.headers
+
+
+def test_a_result_store_that_does_not_answer_is_a_503(
+    client: TestClient,
+    submit: Submit,
+    worker: FakeWorker,
+    results: DirectoryStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = submit()["id"]
+    worker.start(job_id)
+    worker.finish(job_id, "succeeded", result=png_bytes())
+    _expire_bytes(worker, job_id)
+
+    def away(_: str) -> bytes | None:
+        raise ConnectionError("the bucket is unreachable")
+
+    monkeypatch.setattr(results, "get", away)
+    response = client.get(f"/v1/jobs/{job_id}/result")
+    assert response.status_code == 503 and "retry-after" in response.headers
+    assert "result store" in response.json()["detail"]
