@@ -233,6 +233,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 timelapse = http.get(f"/v1/jobs/{job_id}/timelapse")
                 downloads += result.status_code == 200 and timelapse.status_code == 200
             peak = max(used for _, used in sampler.samples)
+            # What is not any one job's: the indexes of all jobs and the finished-job statistics.
+            shared_keys = [keys.recent(), keys.stats(), keys.running(), keys.workers()]
+            indexes = sum(stack.usage(key) for key in shared_keys)
             return {
                 "jobs": args.jobs,
                 "size": args.size,
@@ -248,6 +251,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "steady_bytes": steady,
                 "per_finished_job_bytes": round((steady - base) / args.jobs),
                 "kept_keys_per_job_bytes_median": statistics.median(kept),
+                "kept_keys_all_jobs_bytes": sum(kept),
+                "indexes_and_stats_bytes": indexes,
+                "rest_bytes": steady - base - sum(kept) - indexes,
                 "byte_keys_left_after_grace": bytes_left,
                 "results_and_timelapses_downloadable": downloads,
                 "samples": len(sampler.samples),
