@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from redis.asyncio import Redis
 
 from api.auth import ApiKeys, presented_key
+from api.memory import MemoryGauge
 from api.queue import Enqueuer
 from api.store import JobStore
 from shared.jobs import JobRecord
@@ -51,11 +52,17 @@ def get_owner(request: Request) -> str:
     return owner
 
 
+def get_memory(request: Request) -> MemoryGauge:
+    memory: MemoryGauge = request.app.state.memory
+    return memory
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+MemoryDep = Annotated[MemoryGauge, Depends(get_memory)]
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the job id (32 hex digits)")]
 
 
@@ -88,3 +95,16 @@ async def limit_submissions(request: Request, store: StoreDep, owner: OwnerDep) 
 
 
 RateLimitDep = Depends(limit_submissions)
+
+
+async def refuse_when_redis_full(request: Request, memory: MemoryDep) -> None:
+    """503 with Retry-After while Redis is above `ARTGEN_REDIS_MEMORY_HIGH` of its maxmemory."""
+    try:
+        await memory.refuse_if_high()
+    except HTTPException:
+        request.app.state.metrics.jobs_rejected.labels("redis_memory_high").inc()
+        raise
+
+
+# Listed before RateLimitDep on every submitting route: it refuses before anything is written.
+MemoryGuardDep = Depends(refuse_when_redis_full)

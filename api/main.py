@@ -21,10 +21,11 @@ from redis.backoff import ExponentialBackoff
 from starlette.types import Scope
 
 from api.auth import ApiKeys
+from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs
-from api.store import JobStore
+from api.store import JobStore, ResultStoreUnavailable
 from shared.keys import Keys
 from shared.params import MAX_IMAGE_PROMPTS
 from shared.settings import Settings, get_settings
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Seconds a client should wait while Redis is unreachable.
 REDIS_RETRY_AFTER_S = 5
+# Seconds a client should wait while Redis refuses writes (finished jobs' pictures need time to expire).
+REDIS_FULL_RETRY_AFTER_S = 30
 
 
 class PageFiles(StaticFiles):
@@ -88,6 +91,7 @@ def create_app(
         app.state.redis = client
         app.state.enqueuer = queue
         app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results)
+        app.state.memory = MemoryGauge(client, settings.redis_memory_high)
         try:
             yield
         finally:
@@ -112,6 +116,8 @@ def create_app(
     app.include_router(config.router)
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
+    app.add_exception_handler(redis.exceptions.OutOfMemoryError, _redis_full)
+    app.add_exception_handler(ResultStoreUnavailable, _result_store_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
@@ -140,6 +146,25 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return JSONResponse(
         {"detail": "redis is unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
+    )
+
+
+async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
+    """Redis refused a write (maxmemory reached under noeviction): a 503, never a 500."""
+    log.warning("redis is full during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the service is out of memory for new data; try again later"},
+        status_code=503,
+        headers={"Retry-After": str(REDIS_FULL_RETRY_AFTER_S)},
+    )
+
+
+async def _result_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("result store unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the result store is unavailable; try again shortly"},
         status_code=503,
         headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
     )

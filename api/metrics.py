@@ -37,6 +37,17 @@ class Metrics:
         self.workers_alive = Gauge(
             "artgen_workers_alive", "Workers with a heartbeat younger than 30 s.", registry=self.registry
         )
+        self.redis_used_memory = Gauge(
+            "artgen_redis_used_memory_bytes",
+            "Bytes the data Redis uses (INFO memory used_memory, read at scrape time).",
+            registry=self.registry,
+        )
+        self.redis_maxmemory = Gauge(
+            "artgen_redis_maxmemory_bytes",
+            "The data Redis' maxmemory (0 = no limit); new jobs are refused above "
+            "ARTGEN_REDIS_MEMORY_HIGH of it.",
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "artgen_http_requests",
             "HTTP requests by route template, method and status.",

@@ -95,8 +95,9 @@ class Detail(BaseModel):
 
 
 class Ready(BaseModel):
-    status: str
+    status: str  # "ready", or "degraded" when Redis is above ARTGEN_REDIS_MEMORY_HIGH of its maxmemory
     workers: list[str]
+    detail: str | None = None
 
 
 class Health(BaseModel):

@@ -17,8 +17,12 @@ from shared.jobs import EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.model_facts import MODEL_NOTES
 from shared.settings import Settings
-from shared.storage import ResultStore
+from shared.storage import ResultStore, result_key
 from shared.transitions import CANCEL_IF_QUEUED
+
+
+class ResultStoreUnavailable(Exception):
+    """The result store did not answer a read (finished jobs' pictures are served from it)."""
 
 
 def links(job_id: str) -> JobLinks:
@@ -96,8 +100,27 @@ class JobStore:
         if cached is not None:
             return cached
         # boto3 and disk reads block: off the event loop.
-        data: bytes | None = await anyio.to_thread.run_sync(self.results.get, store_key)
+        try:
+            data: bytes | None = await anyio.to_thread.run_sync(self.results.get, store_key)
+        except Exception as exc:  # S3 or the disk away: a 503 for the client, not a 500
+            raise ResultStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return data
+
+    async def latest_frame(self, record: JobRecord) -> bytes | None:
+        """The job's latest frame; once a succeeded job's bytes have left Redis, its result (the final
+        frame), from the result store."""
+        frame = await self.blob(self.keys.frame(record.id)) if record.frame_seq else None
+        if frame is None and record.state is JobState.SUCCEEDED:
+            frame = await self.durable(self.keys.result(record.id), result_key(record.id))
+        return frame
+
+    def bytes_ttl_left(self, record: JobRecord, now: float | None = None) -> int:
+        """Seconds a finished job's bytes have left in Redis (for copies made after its end)."""
+        ttl = self.settings.finished_bytes_ttl_s
+        if record.finished_at is None:
+            return ttl
+        now = time.time() if now is None else now
+        return max(1, min(ttl, int(record.finished_at + ttl - now)))
 
     async def record(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
@@ -177,7 +200,16 @@ class JobStore:
             keys.job(record.id), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error}
         )
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        write_finished(pipe, keys, record, JobState.FAILED, error, now, self.settings.job_ttl_s)
+        write_finished(
+            pipe,
+            keys,
+            record,
+            JobState.FAILED,
+            error,
+            now,
+            self.settings.job_ttl_s,
+            bytes_ttl_s=self.settings.finished_bytes_ttl_s,
+        )
         await pipe.execute()
 
     async def cancel(self, record: JobRecord) -> bool:
@@ -189,7 +221,16 @@ class JobStore:
             return False
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        write_finished(pipe, keys, record, JobState.CANCELED, None, now, self.settings.job_ttl_s)
+        write_finished(
+            pipe,
+            keys,
+            record,
+            JobState.CANCELED,
+            None,
+            now,
+            self.settings.job_ttl_s,
+            bytes_ttl_s=self.settings.finished_bytes_ttl_s,
+        )
         await pipe.execute()
         return True
 

@@ -18,7 +18,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
     }
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": settings.celery_broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

@@ -23,10 +23,14 @@ def write_finished(
     error: str | None,
     finished_at: float,
     ttl_s: int,
+    *,
+    bytes_ttl_s: int,
 ) -> None:
     """Queue a job's end on `pipe` (sync or asyncio): its `finished` event, its stats, and every key's TTL.
 
-    `record` is the job as it stood before it ended; `finished_at` is the time the state changed.
+    `record` is the job as it stood before it ended; `finished_at` is the time the state changed. The
+    record, events and cancel flag keep `ttl_s`; pictures and other bulk bytes get `bytes_ttl_s`
+    (`Settings.finished_bytes_ttl_s`), since the result store holds what clients download after that.
     """
     started = record.started_at
     run_s = finished_at - started if started else None
@@ -38,5 +42,7 @@ def write_finished(
         maxlen=EVENTS_MAXLEN,
         approximate=True,
     )
-    for key in keys.all_for_job(record.id):
+    for key in keys.kept_for_job(record.id):
         pipe.expire(key, ttl_s)
+    for key in keys.bytes_for_job(record.id, record.image_prompt_count):
+        pipe.expire(key, min(bytes_ttl_s, ttl_s))

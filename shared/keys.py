@@ -77,6 +77,23 @@ class Keys:
             self.checkpoint(job_id),
         ]
 
+    def bytes_for_job(self, job_id: str, image_prompt_count: int = 0) -> list[str]:
+        """The keys of one job that hold pictures or other bulk bytes (the result store keeps the ones
+        clients download); they leave Redis soon after the job ends."""
+        return [
+            self.frame(job_id),
+            self.frames(job_id),
+            self.result(job_id),
+            self.timelapse(job_id),
+            self.init_image(job_id),
+            self.checkpoint(job_id),
+            *(self.image_prompt(job_id, index) for index in range(image_prompt_count)),
+        ]
+
+    def kept_for_job(self, job_id: str) -> list[str]:
+        """The small keys of one job that live as long as its record: the record, events, cancel flag."""
+        return [self.job(job_id), self.cancel(job_id), self.events(job_id)]
+
     # --- indexes ---------------------------------------------------------------------------------
     def recent(self) -> str:
         """Sorted set: every job id, scored by creation time."""

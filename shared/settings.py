@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Namespace for every Redis key, so several deployments (or test runs) can share one server.
     redis_prefix: str = "artgen"
+    # Celery's queues on a Redis of their own; None = the same Redis as the job data (`redis_url`).
+    broker_url: str | None = None
+    # Share of Redis' maxmemory above which /readyz says degraded and submissions get 503 + Retry-After.
+    redis_memory_high: float = Field(0.8, gt=0, le=1)
 
     # --- models ----------------------------------------------------------------------------------
     # None means "choose for me": imagenet-16384 when its weights are present, else the offline demo.
@@ -58,10 +62,15 @@ class Settings(BaseSettings):
     preview_every: int = Field(5, ge=1)
     # Preview frames kept per job for the time-lapse (older ones are thinned out).
     timelapse_max_frames: int = Field(60, ge=2)
+    # ... and at most this many bytes of them (thinned the same way), so a big picture's run stays bounded.
+    timelapse_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
 
     # --- lifetimes -------------------------------------------------------------------------------
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     frame_ttl_s: int = Field(24 * 3600, ge=60)
+    # Seconds a finished job's pictures (frames, result, time-lapse, uploads) stay in Redis; after that
+    # they are served from the result store. The record and events keep `job_ttl_s`.
+    finished_bytes_ttl_s: int = Field(300, ge=1)
 
     # --- worker ----------------------------------------------------------------------------------
     soft_time_limit_s: int = Field(3600, ge=1)
@@ -155,6 +164,11 @@ class Settings(BaseSettings):
     @property
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Where Celery's queues live: `broker_url`, else the job data's Redis."""
+        return self.broker_url or self.redis_url
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -219,7 +219,8 @@ def finish(ctx: WorkerContext, job: ActiveJob) -> JobState:
     result = png_bytes(painter.image(), metadata)
     # The durable copy first: a job is only `succeeded` once its picture outlives Redis.
     ctx.store.put(result_key(record.id), result, "image/png")
-    ctx.client.set(ctx.keys.result(record.id), result, ex=ctx.settings.job_ttl_s)
+    # Only for clients that fetch at once: after the job ends, the store serves it.
+    ctx.client.set(ctx.keys.result(record.id), result, ex=ctx.settings.finished_bytes_ttl_s)
     return _end(ctx, job, JobState.SUCCEEDED)
 
 
@@ -261,7 +262,7 @@ def store_timelapse(ctx: WorkerContext, job_id: str) -> None:
     try:
         webp = timelapse_webp(frames)
         ctx.store.put(timelapse_key(job_id), webp, "image/webp")
-        ctx.client.set(ctx.keys.timelapse(job_id), webp, ex=ctx.settings.job_ttl_s)
+        ctx.client.set(ctx.keys.timelapse(job_id), webp, ex=ctx.settings.finished_bytes_ttl_s)
     except Exception:  # the picture is safe; a missing time-lapse is rebuilt from frames on request
         log.exception("storing the time-lapse of job %s failed", job_id)
 
@@ -279,7 +280,8 @@ def _end(ctx: WorkerContext, job: Claim, state: JobState, error: str | None = No
             return final
         record = JobRecord.from_redis(client.hgetall(keys.job(job_id)))
         pipe = client.pipeline(transaction=True)
-        write_finished(pipe, keys, record, state, error, now, ctx.settings.job_ttl_s)
+        ttl_s, bytes_ttl_s = ctx.settings.job_ttl_s, ctx.settings.finished_bytes_ttl_s
+        write_finished(pipe, keys, record, state, error, now, ttl_s, bytes_ttl_s=bytes_ttl_s)
         pipe.delete(keys.checkpoint(job_id))
         pipe.srem(keys.running(), job_id)
         pipe.execute()

@@ -46,6 +46,15 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def thinned(frames: list[bytes], max_frames: int, max_bytes: int) -> list[bytes]:
+    """Every other frame, always keeping the newest, until at most `max_frames` and `max_bytes` are
+    left (or only two frames, the first and the newest)."""
+    kept = frames
+    while len(kept) > 2 and (len(kept) > max_frames or sum(map(len, kept)) > max_bytes):
+        kept = kept[::2] if len(kept) % 2 else [*kept[:-1:2], kept[-1]]
+    return kept
+
+
 class FrameWriter:
     """Encodes and stores preview frames on its own thread; when it falls behind, the newest frame wins."""
 
@@ -57,6 +66,7 @@ class FrameWriter:
         self._pending: queue.Queue[tuple[Image.Image, int] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._closed = False
+        self._frames_bytes: int | None = None  # bytes in the time-lapse list; read once on a resumed job
         self._thread = threading.Thread(target=self._run, name=f"frames-{job_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -103,13 +113,22 @@ class FrameWriter:
         pipe.hincrby(keys.job(job_id), "frame_seq", 1)
         _, length, _, seq = pipe.execute()
         publish_event(self._client, keys, job_id, EventType.FRAME, {"seq": seq, "iteration": iteration})
-        if length > self._settings.timelapse_max_frames:
+        if self._frames_bytes is None:
+            # A job resumed on this worker may already have frames from the one before.
+            earlier = self._client.lrange(frames_key, 0, -1) if length > 1 else [png]
+            self._frames_bytes = sum(map(len, earlier))
+        else:
+            self._frames_bytes += len(png)
+        settings = self._settings
+        if length > settings.timelapse_max_frames or self._frames_bytes > settings.timelapse_max_bytes:
             self._thin_out(frames_key)
 
     def _thin_out(self, frames_key: str) -> None:
-        # Keep every other frame (and always the newest), so the time-lapse still spans the whole job.
+        # Keep every other frame (and always the newest), so the time-lapse still spans the whole job;
+        # again while the list is over its byte cap, down to the first and the newest frame.
         frames = self._client.lrange(frames_key, 0, -1)
-        kept = frames[::2] if len(frames) % 2 else [*frames[:-1:2], frames[-1]]
+        kept = thinned(frames, self._settings.timelapse_max_frames, self._settings.timelapse_max_bytes)
+        self._frames_bytes = sum(map(len, kept))
         pipe = self._client.pipeline(transaction=True)
         pipe.delete(frames_key)
         pipe.rpush(frames_key, *kept)

@@ -8,7 +8,15 @@ import anyio.to_thread
 from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
 from pydantic import ValidationError
 
-from api.deps import JOB_ID_PATTERN, EnqueuerDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
+from api.deps import (
+    JOB_ID_PATTERN,
+    EnqueuerDep,
+    MemoryGuardDep,
+    OwnerDep,
+    RateLimitDep,
+    SettingsDep,
+    StoreDep,
+)
 from api.queue import Enqueuer
 from api.routes.jobs import json_response
 from api.schemas import Detail, JobCreate, JobView
@@ -109,7 +117,12 @@ async def _final_picture(
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
-@router.post("/generate_text2img", response_class=Response, responses=_PICTURE, dependencies=[RateLimitDep])
+@router.post(
+    "/generate_text2img",
+    response_class=Response,
+    responses=_PICTURE,
+    dependencies=[MemoryGuardDep, RateLimitDep],
+)
 async def generate_text2img(
     request: Request,
     settings: SettingsDep,
@@ -130,7 +143,10 @@ async def generate_text2img(
 
 
 @router.post(
-    "/generate_textimg2img", response_class=Response, responses=_PICTURE, dependencies=[RateLimitDep]
+    "/generate_textimg2img",
+    response_class=Response,
+    responses=_PICTURE,
+    dependencies=[MemoryGuardDep, RateLimitDep],
 )
 async def generate_textimg2img(
     request: Request,
@@ -170,9 +186,7 @@ async def _job_for(store: JobStore, owner: str, job_id: str | None) -> JobRecord
 async def progress_image(store: StoreDep, owner: OwnerDep, job_id: JobIdQuery = None) -> Response:
     """The latest picture of a job as JPEG (its last frame; its result once it has no frame)."""
     record = await _job_for(store, owner, job_id)
-    png = await store.blob(store.keys.frame(record.id))
-    if png is None and record.state is JobState.SUCCEEDED:
-        png = await store.durable(store.keys.result(record.id), result_key(record.id))
+    png = await store.latest_frame(record)
     if png is None:
         raise HTTPException(404, detail="no frame yet", headers={"X-Job-Id": record.id})
     jpeg = await anyio.to_thread.run_sync(png_to_jpeg, png)

@@ -7,7 +7,7 @@ import time
 import redis.exceptions
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from api.deps import SettingsDep, StoreDep
+from api.deps import MemoryDep, SettingsDep, StoreDep
 from api.metrics import Metrics, render_job_stats
 from api.schemas import Detail, Health, Ready
 from shared.jobs import queue_for
@@ -25,12 +25,16 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"model": Detail}})
-async def readyz(store: StoreDep) -> Ready:
-    """Ready when Redis answers and at least one worker has sent a heartbeat in the last 30 s."""
+@router.get(
+    "/readyz", response_model=Ready, response_model_exclude_none=True, responses={503: {"model": Detail}}
+)
+async def readyz(store: StoreDep, memory: MemoryDep) -> Ready:
+    """Ready when Redis answers and at least one worker has sent a heartbeat in the last 30 s;
+    degraded (still 200: reads and running jobs go on) while Redis is near its memory limit."""
     try:
         await store.redis.ping()
         beats = await store.workers()
+        used = await memory.read()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise HTTPException(503, detail=f"redis is unreachable ({type(exc).__name__})") from exc
     now = time.time()
@@ -40,6 +44,8 @@ async def readyz(store: StoreDep) -> Ready:
             f"{len(beats)} known, all silent for over {WORKER_STALE_S:g} s" if beats else "none has started"
         )
         raise HTTPException(503, detail=f"no worker is alive: {known}")
+    if used.high:
+        return Ready(status="degraded", workers=alive, detail=f"{used.describe()}: new jobs are refused")
     return Ready(status="ready", workers=alive)
 
 
@@ -49,7 +55,7 @@ def _fresh(beat: dict[str, object], now: float) -> bool:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, store: StoreDep, settings: SettingsDep, memory: MemoryDep) -> Response:
     """Prometheus text format; queue depths, running jobs and job statistics are read at scrape time."""
     registry: Metrics = request.app.state.metrics
     keys = store.keys
@@ -66,5 +72,8 @@ async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> R
     now = time.time()
     registry.workers_alive.set(sum(_fresh(beat, now) for beat in (await store.workers()).values()))
     running_its = await store.running_its()
+    used = await memory.read()
+    registry.redis_used_memory.set(used.used)
+    registry.redis_maxmemory.set(used.maxmemory)
     body = registry.render() + render_job_stats(read_stats(raw_stats), running_its)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from api.deps import EnqueuerDep, JobDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
+from api.deps import EnqueuerDep, JobDep, MemoryGuardDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
 from api.schemas import Detail, JobCreate, JobList, JobView
 from api.store import JobStore, sse, view_of
 from api.submission import Uploads, base64_uploads, submit_job
@@ -150,12 +150,17 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
     status_code=202,
     response_model=JobView,
     openapi_extra=_CREATE_BODY,
-    dependencies=[RateLimitDep],
+    dependencies=[MemoryGuardDep, RateLimitDep],
     responses={
         **_ERRORS,
         413: {"model": Detail, "description": "an upload or the body is too large"},
         415: {"model": Detail},
         429: {"model": Detail, "description": "the queue is full or the rate limit hit; see Retry-After"},
+        503: {
+            "model": Detail,
+            "description": "Redis or the broker is unavailable, or Redis is near its memory limit; "
+            "see Retry-After",
+        },
     },
 )
 async def create_job(
@@ -214,8 +219,10 @@ async def read_frame(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if record.frame_seq and if_none_match is not None and etag in _etags(if_none_match):
         return Response(status_code=304, headers=headers)
-    frame = await store.blob(store.keys.frame(record.id)) if record.frame_seq else None
+    frame = await store.latest_frame(record)
     if frame is None:
+        if record.state.terminal and record.frame_seq:
+            raise HTTPException(404, detail=f"the frames of this {record.state.value} job have expired")
         raise HTTPException(404, detail="no frame yet")
     return Response(frame, media_type="image/png", headers=headers)
 
@@ -262,11 +269,13 @@ async def read_timelapse(record: JobDep, store: StoreDep) -> Response:
             f for f in await store.redis.lrange(store.keys.frames(record.id), 0, -1) if isinstance(f, bytes)
         ]
         if not frames:
+            if record.state.terminal and record.frame_seq:
+                raise HTTPException(404, detail=f"the frames of this {record.state.value} job have expired")
             raise HTTPException(404, detail="no frames yet")
         # Encoding is CPU work: off the event loop.
         webp: bytes = await anyio.to_thread.run_sync(timelapse_webp, frames)
         if record.state.terminal:
-            await store.redis.set(key, webp, ex=store.settings.job_ttl_s)
+            await _keep_timelapse(store, record, webp)
         cached = webp
     filename = f"artgen-{record.id[:8]}-timelapse.webp"
     return Response(
@@ -274,6 +283,16 @@ async def read_timelapse(record: JobDep, store: StoreDep) -> Response:
         media_type="image/webp",
         headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "no-cache"},
     )
+
+
+async def _keep_timelapse(store: JobStore, record: JobRecord, webp: bytes) -> None:
+    """A finished job's time-lapse made here (a canceled or failed job's, or one asked for before its
+    worker stored it): into the result store, and into Redis only for what is left of the grace TTL."""
+    try:
+        await anyio.to_thread.run_sync(store.results.put, timelapse_key(record.id), webp, "image/webp")
+    except Exception as exc:  # the client still gets its time-lapse; it is rebuilt while frames last
+        log.warning("storing the time-lapse of job %s failed: %s: %s", record.id, type(exc).__name__, exc)
+    await store.redis.set(store.keys.timelapse(record.id), webp, ex=store.bytes_ttl_left(record))
 
 
 @router.post(
