@@ -29,7 +29,8 @@ class JobCreate(BaseModel):
     cutn: int | None = Field(None, description="cutouts scored by CLIP per iteration; default: the model's")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; always returned")
     cut_pow: float = Field(GenerationConfig.cut_pow, gt=0, le=MAX_CUT_POW, allow_inf_nan=False)
-    step_size: float = Field(GenerationConfig.step_size, gt=0, le=MAX_STEP_SIZE, allow_inf_nan=False)
+    # None: the model's own (GET /v1/config `model_defaults`).
+    step_size: float | None = Field(None, gt=0, le=MAX_STEP_SIZE, allow_inf_nan=False)
     init_weight: float = Field(GenerationConfig.init_weight, ge=0, le=MAX_INIT_WEIGHT, allow_inf_nan=False)
     init_image: str | None = Field(None, description="start picture, base64 (PNG, JPEG or WEBP)")
     image_prompts: list[str] = Field(

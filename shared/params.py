@@ -36,12 +36,12 @@ class GenerationConfig:
     """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
 
     prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
-    # Size, iterations and cutn default to the f16 models' job defaults (shared.model_facts.STANDARD).
+    # Size, iterations, cutn and step size default to the f16 models' (shared.model_facts.STANDARD).
     width: int = STANDARD.size  # pixels; a multiple of the VQGAN's downsampling factor (16)
     height: int = STANDARD.size
     iterations: int = STANDARD.iterations  # optimisation steps
     seed: int | None = None  # None: drawn at random, then exposed as Painter.seed
-    step_size: float = 0.1  # Adam learning rate, the notebook's default
+    step_size: float = STANDARD.step_size  # Adam learning rate
     cutn: int = STANDARD.cutn  # cutouts per step: more = smoother gradient, linear cost in CLIP
     cut_pow: float = 1.0  # cutout size ~ rand**cut_pow: >1 favours small cutouts (detail), <1 large
     init_image: Image.Image | None = None  # start from this picture's latent instead of noise
@@ -123,6 +123,7 @@ def _deployed(own: JobDefaults, settings: Settings) -> JobDefaults:
         size=min(size, largest_side),
         iterations=min(iterations, settings.max_iterations),
         cutn=min(cutn, settings.max_cutn),
+        step_size=own.step_size,
     )
 
 
@@ -226,7 +227,7 @@ def build_config(
     cutn: int | None = None,
     seed: int | None = None,
     cut_pow: float = GenerationConfig.cut_pow,
-    step_size: float = GenerationConfig.step_size,
+    step_size: float | None = None,
     init_weight: float = GenerationConfig.init_weight,
     init_image: Image.Image | None = None,
     image_prompts: Sequence[Image.Image] = (),
@@ -259,7 +260,7 @@ def build_config(
         height=defaults.size if height is None else height,
         iterations=defaults.iterations if iterations is None else iterations,
         seed=seed,
-        step_size=step_size,
+        step_size=defaults.step_size if step_size is None else step_size,
         cutn=defaults.cutn if cutn is None else cutn,
         cut_pow=cut_pow,
         init_image=init_image,

@@ -108,7 +108,7 @@ def _default_model(models_dir: Path) -> str:
     help="Cutouts per step [default: ARTGEN_DEFAULT_CUTN, else the model's].",
 )
 @click.option("--cut-pow", type=float, default=GenerationConfig.cut_pow, show_default=True)
-@click.option("--step-size", type=float, default=GenerationConfig.step_size, show_default=True)
+@click.option("--step-size", type=float, help="Adam's learning rate [the model's own]")
 @click.option(
     "--preview-every", type=int, default=0, help="Save a frame every N iterations into --frames-dir."
 )
@@ -126,7 +126,7 @@ def generate(
     model: str | None,
     cutn: int | None,
     cut_pow: float,
-    step_size: float,
+    step_size: float | None,
     preview_every: int,
     frames_dir: Path | None,
     device: str | None,

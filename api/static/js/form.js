@@ -106,6 +106,7 @@ function applyModelDefaults() {
   setLimit(ui.height, config.max_size, defaults.size);
   setLimit(ui.iterations, config.max_iterations, defaults.iterations);
   setLimit(ui.cutn, config.max_cutn, defaults.cutn);
+  if (defaults.step_size !== undefined) ui.stepSize.value = String(defaults.step_size);
 }
 
 function updateModelNote() {

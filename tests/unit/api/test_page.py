@@ -133,8 +133,18 @@ def test_config_reports_each_models_defaults(make_client: Callable[..., TestClie
     )
     config = client.get("/v1/config").json()
     assert config["model_defaults"] == {
-        "toyworld": {"size": 128, "iterations": 200, "cutn": 16},  # 32, held to max_cutn
-        "tiny": {"size": 256, "iterations": 100, "cutn": 16},  # 32 cutouts, held to max_cutn
+        "toyworld": {
+            "size": 128,
+            "iterations": 200,
+            "cutn": 16,
+            "step_size": 0.2,
+        },  # cutn 32, held to max_cutn
+        "tiny": {
+            "size": 256,
+            "iterations": 100,
+            "cutn": 16,
+            "step_size": 0.1,
+        },  # 32 cutouts, held to max_cutn
     }
     # The flat defaults are the default model's.
     assert (config["default_size"], config["default_iterations"], config["default_cutn"]) == (128, 200, 16)

@@ -43,7 +43,7 @@ def _refused(**params: Any) -> dict[str, str]:
 
 def test_each_model_has_its_facts_once() -> None:
     assert set(MODEL_FACTS) == {"imagenet-16384", "wikiart-16384", "tiny", "toyworld"}
-    assert MODEL_FACTS["toyworld"].defaults == JobDefaults(size=128, iterations=200, cutn=32)
+    assert MODEL_FACTS["toyworld"].defaults == JobDefaults(size=128, iterations=200, cutn=32, step_size=0.2)
     assert "untrained demo model" in MODEL_NOTES["tiny"] and "ignore the prompt" in MODEL_NOTES["tiny"]
     assert "artgen models pull imagenet-16384" in MODEL_NOTES["toyworld"]
     assert "imagenet-16384" not in MODEL_NOTES  # the real models carry no note
@@ -52,7 +52,7 @@ def test_each_model_has_its_facts_once() -> None:
 def test_left_out_parameters_get_the_models_defaults() -> None:
     settings = _settings()
     toy = build_config(settings, prompt="a red circle", model="toyworld")
-    assert (toy.width, toy.height, toy.iterations, toy.cutn) == (128, 128, 200, 32)
+    assert (toy.width, toy.height, toy.iterations, toy.cutn, toy.step_size) == (128, 128, 200, 32, 0.2)
     real = build_config(settings, prompt="a red fox", model="imagenet-16384")
     assert (real.width, real.height, real.iterations, real.cutn) == (
         STANDARD.size,
@@ -66,14 +66,19 @@ def test_left_out_parameters_get_the_models_defaults() -> None:
 
 def test_a_set_default_overrides_every_models_own() -> None:
     settings = _settings(default_size=128, default_iterations=7, default_cutn=3)
-    for model in MODEL_FACTS:
-        assert job_defaults(model, settings) == JobDefaults(size=128, iterations=7, cutn=3)
+    for model, facts in MODEL_FACTS.items():
+        own_step = facts.defaults.step_size  # no setting overrides a model's step size
+        assert job_defaults(model, settings) == JobDefaults(
+            size=128, iterations=7, cutn=3, step_size=own_step
+        )
 
 
 def test_defaults_stay_within_the_limits() -> None:
     settings = _settings(max_size=200, max_iterations=50, max_cutn=10)
     # 200 is no multiple of 16: the largest side allowed is 192.
-    assert job_defaults("imagenet-16384", settings) == JobDefaults(size=192, iterations=50, cutn=10)
+    assert job_defaults("imagenet-16384", settings) == JobDefaults(
+        size=192, iterations=50, cutn=10, step_size=0.1
+    )
     assert job_defaults("no-such-model", settings) is None
 
 
