@@ -55,6 +55,7 @@ def main() -> None:
         )
         elapsed = time.perf_counter() - started
         if args.shot:
+            page.evaluate("window.scrollTo(0, 0)")  # the page scrolls to the canvas; show it from the top
             page.screenshot(path=str(args.shot))
         browser.close()
 
