@@ -8,6 +8,7 @@ Measured figures go to test-artifacts/docker-figures.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from launch.processes import wait_for as _wait_for
 from tests.docker import wheel_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,15 +58,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in ours]
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+# The launcher's polling helper, at a slower default pace: compose and the containers are polled over
+# `docker` commands and HTTP, and twenty a second would only load the machine the stack runs on.
+wait_for = functools.partial(_wait_for, interval_s=0.5)
 
 
 def free_port() -> int:
