@@ -70,11 +70,15 @@ class Proc:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, chars: int = 4000) -> str:
-        """The end of its log ("" when its output goes to the terminal)."""
+    def log(self) -> str:
+        """Its whole log so far ("" when its output goes to the terminal)."""
         if self.log_path is None:
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of its log ("" when its output goes to the terminal)."""
+        return self.log()[-chars:]
 
     def signal_group(self, sig: int) -> None:
         """Signal the process and its children (Celery's pool processes)."""
