@@ -5,21 +5,15 @@
 - with a small `maxmemory`, submissions are refused (503 + Retry-After) before Redis refuses a write,
   and the jobs already running all finish.
 
-The stacks are started here by small helpers of this module (not the session `Stack` of conftest), so
-that each test controls its own Redis servers; only conftest's automatic `integration` marker applies.
+Each test starts a `Stack` of its own (conftest's: the launcher's stack with the tests' settings, its own
+redis-server for the job data) with one worker and one API, so that it can reconfigure that Redis freely;
+the broker's Redis, where apart, is a second `RedisServer` of the launcher.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,141 +22,11 @@ import httpx
 import pytest
 import redis
 
+from launch.redis_server import RedisServer
 from shared.keys import Keys
+from tests.integration.conftest import Stack, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-class _Children:
-    """Processes this module starts (each in its own session, so a stop reaches Celery's pool too)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.procs.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def redis_server(self, name: str) -> redis.Redis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not on PATH")
-        port = _free_port()
-        data = self.root / name
-        data.mkdir()
-        self.spawn(
-            name,
-            [
-                binary,
-                *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""),
-                *("--appendonly", "no", "--maxmemory-policy", "noeviction"),
-            ],
-        )
-        client = redis.Redis(port=port, socket_timeout=5)
-
-        def pings() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        _until(pings, 10, f"redis-server {name}")
-        return client
-
-    def artgen(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        # The `artgen` console script of this environment, whichever module implements it.
-        return self.spawn(name, [str(Path(sys.executable).parent / "artgen"), *args], env)
-
-    def stop(self) -> None:
-        # Last started, first stopped: the worker and API before the Redis servers they hand jobs back to.
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _url(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return f"redis://127.0.0.1:{kwargs['port']}/0"
-
-
-class _Service:
-    """One API and one worker on the given data Redis (and broker Redis, when apart)."""
-
-    def __init__(
-        self, children: _Children, data: redis.Redis, broker: redis.Redis | None = None, **settings: str
-    ) -> None:
-        self.children = children
-        self.data = data
-        self.prefix = f"it-{uuid.uuid4().hex[:8]}"
-        self.keys = Keys(self.prefix)
-        root = children.root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")}
-        self.env.update(
-            {
-                "ARTGEN_REDIS_URL": _url(data),
-                "ARTGEN_REDIS_PREFIX": self.prefix,
-                "ARTGEN_MODEL": "tiny",
-                "ARTGEN_DEVICE": "cpu",
-                "ARTGEN_MODELS_DIR": str(root / "models"),
-                "ARTGEN_RESULTS_DIR": str(root / "results"),
-                "ARTGEN_RATE_LIMIT_PER_MINUTE": "0",
-                "ARTGEN_LOG_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": "1",
-            }
-        )
-        if broker is not None:
-            self.env["ARTGEN_BROKER_URL"] = _url(broker)
-        self.env.update({f"ARTGEN_{k.upper()}": v for k, v in settings.items()})
-        worker_name = f"soak-{uuid.uuid4().hex[:6]}@test"
-        self.worker = children.artgen(
-            "worker", ["worker", "--concurrency", "1", "--hostname", worker_name], self.env
-        )
-        port = _free_port()
-        self.api = children.artgen("api", ["api", "--port", str(port)], self.env)
-        self.url = f"http://127.0.0.1:{port}"
-        _until(self._ready, 180, "the API and its worker (/readyz)")
-
-    def _ready(self) -> bool:
-        for name, proc in (("worker", self.worker), ("api", self.api)):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start:\n{self.children.log(name)[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 def _submit(http: httpx.Client, **body: Any) -> httpx.Response:
@@ -175,34 +39,49 @@ def _ended(http: httpx.Client, job_id: str, timeout_s: float = 240) -> dict[str,
         view: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
         return view if view["status"] in TERMINAL else None
 
-    result: dict[str, Any] = _until(ended, timeout_s, f"job {job_id} to end", interval_s=0.25)
+    result: dict[str, Any] = wait_for(ended, timeout_s, f"job {job_id} to end", interval_s=0.25)
     return result
 
 
 @pytest.fixture
-def children(tmp_path: Path) -> Iterator[_Children]:
-    spawned = _Children(tmp_path)
-    yield spawned
-    spawned.stop()
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A second redis-server, for Celery's queues alone. Set up before `service`, so stopped after it."""
+    server = RedisServer(tmp_path / "redis-broker", appendonly=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Callable[..., tuple[Stack, str]]]:
+    """Start a Stack with settings for all its processes, one worker, one API: the stack, the API's URL."""
+    stacks: list[Stack] = []
+
+    def start(**settings: str) -> tuple[Stack, str]:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", **settings)
+        stacks.append(stack)
+        return stack, stack.up(timeout_s=180)
+
+    yield start
+    for stack in stacks:  # the API and the worker before the Redis servers they hand jobs back to
+        stack.close()
 
 
 def test_broker_and_data_on_two_redis_servers_and_bytes_leave_after_the_grace_ttl(
-    children: _Children,
+    broker: RedisServer, service: Callable[..., tuple[Stack, str]]
 ) -> None:
-    broker = children.redis_server("redis-broker")
-    data = children.redis_server("redis-data")
-    service = _Service(children, data, broker, finished_bytes_ttl_s="3", preview_every="2")
-    keys = service.keys
-    with httpx.Client(base_url=service.url, timeout=30) as http:
+    stack, url = service(broker_url=broker.url, finished_bytes_ttl_s="3", preview_every="2")
+    data = stack.client
+    keys = Keys(stack.prefix)
+    with httpx.Client(base_url=url, timeout=30) as http, redis.Redis.from_url(broker.url) as broker_client:
         ids = [_submit(http, seed=i).raise_for_status().json()["id"] for i in range(3)]
         views = [_ended(http, job_id) for job_id in ids]
         assert [view["status"] for view in views] == ["succeeded"] * 3, views
 
         # Job data only on the data server; Celery's queues and bindings only on the broker's.
         data_keys = {key.decode() for key in data.keys("*")}
-        broker_keys = {key.decode() for key in broker.keys("*")}
+        broker_keys = {key.decode() for key in broker_client.keys("*")}
         assert keys.job(ids[0]) in data_keys
-        assert not any(key.startswith(service.prefix) for key in broker_keys), broker_keys
+        assert not any(key.startswith(stack.prefix) for key in broker_keys), broker_keys
         assert any("kombu" in key for key in broker_keys), broker_keys
         assert not any("kombu" in key or key.startswith("artgen.") for key in data_keys), data_keys
 
@@ -211,7 +90,7 @@ def test_broker_and_data_on_two_redis_servers_and_bytes_leave_after_the_grace_tt
             assert 0 < data.ttl(keys.result(job_id)) <= 3
         time.sleep(0.5)
         # ... after it, only the record and events are left, and the store serves the pictures.
-        _until(
+        wait_for(
             lambda: not any(data.exists(key) for job_id in ids for key in keys.bytes_for_job(job_id)),
             30,
             "the finished jobs' bytes to leave Redis",
@@ -227,15 +106,17 @@ def test_broker_and_data_on_two_redis_servers_and_bytes_leave_after_the_grace_tt
             assert timelapse.status_code == 200 and timelapse.content[8:12] == b"WEBP"
 
 
-def test_near_maxmemory_submissions_get_503_and_running_jobs_still_finish(children: _Children) -> None:
-    data = children.redis_server("redis")
-    service = _Service(
-        children, data, redis_memory_high="0.5", finished_bytes_ttl_s="2", batch_size="1", preview_every="5"
-    )
-    with httpx.Client(base_url=service.url, timeout=30) as http:
+def test_near_maxmemory_submissions_get_503_and_running_jobs_still_finish(
+    service: Callable[..., tuple[Stack, str]],
+) -> None:
+    stack, url = service(redis_memory_high="0.5", finished_bytes_ttl_s="2", batch_size="1", preview_every="5")
+    data = stack.client
+    with httpx.Client(base_url=url, timeout=30) as http:
         # Long enough to still be running (or queued behind the first) when the limit is set.
         running = [_submit(http, iterations=150, seed=i).raise_for_status().json()["id"] for i in range(2)]
-        _until(lambda: http.get(f"/v1/jobs/{running[0]}").json()["status"] == "running", 60, "a job to start")
+        wait_for(
+            lambda: http.get(f"/v1/jobs/{running[0]}").json()["status"] == "running", 60, "a job to start"
+        )
 
         # A limit with room for the running jobs (used is 60% of it) but above the 50% high-water mark.
         used = int(data.info("memory")["used_memory"])
@@ -258,7 +139,7 @@ def test_near_maxmemory_submissions_get_503_and_running_jobs_still_finish(childr
         for job_id in running:
             assert http.get(f"/v1/jobs/{job_id}/result").status_code == 200
         # No write was refused on the way: Redis counts the commands it rejects for memory.
-        assert "OOM" not in children.log("worker") and "OOM" not in children.log("api")
+        assert not any("OOM" in proc.log() for proc in [*stack.workers, *stack.services])
         errors = data.info("errorstats")
         assert not any("OOM" in name for name in errors), errors
 
