@@ -1,8 +1,9 @@
 """Redis memory under sustained load, through the real stack.
 
-Starts its own redis-server, one `artgen worker` and one `artgen api`, submits N jobs over HTTP (all at
-once, so the queue holds them), samples Redis' `used_memory` every `--sample-s` while they run, waits
-for the grace TTL (`ARTGEN_FINISHED_BYTES_TTL_S`) to pass after the last one, and reports:
+Starts its own redis-server, one `artgen worker` and one `artgen api` (the launcher's `LocalStack`),
+submits N jobs over HTTP (all at once, so the queue holds them), samples Redis' `used_memory` every
+`--sample-s` while they run, waits for the grace TTL (`ARTGEN_FINISHED_BYTES_TTL_S`) to pass after the
+last one, and reports:
 
 - base: `used_memory` with the stack up and no job yet;
 - peak: the highest sample while jobs ran;
@@ -24,9 +25,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,95 +40,32 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from launch.processes import wait_for  # noqa: E402
+from launch.stack import LocalStack  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Soak:
-    """redis-server + `artgen worker` + `artgen api`, all children of this process."""
+class Soak(LocalStack):
+    """The launcher's stack with the soak's settings: its own redis-server (AOF off, so that `used_memory`
+    counts no AOF buffer), one `artgen worker` and one `artgen api` once `up` is called."""
 
     def __init__(self, work: Path, model: str, grace_s: int, batch: int) -> None:
-        self.work = work
-        self.redis_port = _free_port()
-        self.api_port = _free_port()
-        self.prefix = f"soak-{uuid.uuid4().hex[:6]}"
-        self.keys = Keys(self.prefix)
-        self.processes: list[subprocess.Popen[bytes]] = []
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self._spawn(
-            "redis",
-            [
-                redis_server,
-                *("--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *("--maxmemory-policy", "noeviction", "--dir", str(work)),
-            ],
-            os.environ.copy(),
-        )
-        self.client = redis.Redis(port=self.redis_port)
-        _wait(self._pings, 10, "redis-server")
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ARTGEN_")},
-            "ARTGEN_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "ARTGEN_REDIS_PREFIX": self.prefix,
-            "ARTGEN_MODEL": model,
-            "ARTGEN_DEVICE": "cpu",
-            "ARTGEN_PORT": str(self.api_port),
-            "ARTGEN_MODELS_DIR": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
-            "ARTGEN_RESULTS_DIR": str(work / "results"),
-            "ARTGEN_RATE_LIMIT_PER_MINUTE": "0",
-            "ARTGEN_FINISHED_BYTES_TTL_S": str(grace_s),
-            "ARTGEN_BATCH_SIZE": str(batch),
-            "ARTGEN_LOG_LEVEL": "WARNING",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        settings = {
+            "redis_prefix": f"soak-{uuid.uuid4().hex[:6]}",
+            "model": model,
+            "device": "cpu",
+            "models_dir": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
+            "results_dir": str(work / "results"),
+            "rate_limit_per_minute": "0",
+            "finished_bytes_ttl_s": str(grace_s),
+            "batch_size": str(batch),
+            "log_level": "WARNING",
         }
-        artgen = str(Path(sys.executable).parent / "artgen")
-        self._spawn("worker", [artgen, "worker", "--concurrency", "1"], env)
-        self._spawn("api", [artgen, "api", "--port", str(self.api_port)], env)
-        self.url = f"http://127.0.0.1:{self.api_port}"
-        _wait(self._ready, 180, "the API and a worker (/readyz)")
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = (self.work / f"{name}.log").open("wb")
-        self.processes.append(
-            subprocess.Popen(
-                args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        )
-
-    def _pings(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def _ready(self) -> bool:
-        for process in self.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"a child exited at start; see the logs in {self.work}")
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+        super().__init__(work, settings, appendonly=False, env=env, cwd=REPO)
+        self.keys = Keys(self.prefix)
 
     def used(self) -> int:
         return int(self.client.info("memory")["used_memory"])
@@ -138,24 +74,13 @@ class Soak:
         value = self.client.memory_usage(key, samples=0)
         return int(value or 0)
 
-    def close(self) -> None:
-        # The API and the worker first, Redis last: a worker stopping hands its jobs back through Redis.
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
 
 class Sampler(threading.Thread):
     """`used_memory` every `interval_s`, on its own connection."""
 
-    def __init__(self, port: int, interval_s: float) -> None:
+    def __init__(self, url: str, interval_s: float) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis(port=port)
+        self.client = redis.Redis.from_url(url)
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []
         self._stop_event = threading.Event()
@@ -201,12 +126,14 @@ def _wait_all(http: httpx.Client, ids: list[str], timeout_s: float) -> dict[str,
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="artgen-soak-"))
-    stack = Soak(work, args.model, args.grace, args.batch)
     try:
-        with httpx.Client(base_url=stack.url, timeout=60) as http:
+        with (
+            Soak(work, args.model, args.grace, args.batch) as stack,
+            httpx.Client(base_url=stack.up(), timeout=60) as http,
+        ):
             time.sleep(2)  # let the worker's first heartbeat and Celery's bindings settle
             base = stack.used()
-            sampler = Sampler(stack.redis_port, args.sample_s)
+            sampler = Sampler(stack.redis_url, args.sample_s)
             sampler.start()
             started = time.monotonic()
             ids = [
@@ -259,7 +186,6 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "samples": len(sampler.samples),
             }
     finally:
-        stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -267,10 +193,9 @@ def sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Bytes per running and per finished job by picture size, from `MEMORY USAGE` of each key."""
     work = Path(tempfile.mkdtemp(prefix="artgen-sizes-"))
     # A long grace TTL: the finished job's bytes are read while they are still there.
-    stack = Soak(work, args.model, 3600, 1)
     rows = []
     try:
-        with httpx.Client(base_url=stack.url, timeout=60) as http:
+        with Soak(work, args.model, 3600, 1) as stack, httpx.Client(base_url=stack.up(), timeout=60) as http:
             keys = stack.keys
             for size in args.sizes:
                 job_id = (
@@ -296,7 +221,7 @@ def sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
                     time.sleep(0.2)
                 assert view["status"] == "succeeded", view
                 timelapse_key = keys.timelapse(job_id)
-                _wait(lambda: stack.client.exists(timelapse_key), 60, "the time-lapse")  # noqa: B023
+                wait_for(lambda: stack.client.exists(timelapse_key), 60, "the time-lapse", 0.1)  # noqa: B023
                 finished = {
                     "frames": stack.usage(keys.frames(job_id)),
                     "timelapse": stack.usage(keys.timelapse(job_id)),
@@ -319,7 +244,6 @@ def sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     return rows
 
