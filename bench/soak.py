@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stacks import bench_settings  # noqa: E402
 from launch.processes import wait_for  # noqa: E402
 from launch.stack import LocalStack  # noqa: E402
 from shared.keys import Keys  # noqa: E402
@@ -52,17 +52,9 @@ class Soak(LocalStack):
     counts no AOF buffer), one `artgen worker` and one `artgen api` once `up` is called."""
 
     def __init__(self, work: Path, model: str, grace_s: int, batch: int) -> None:
-        settings = {
-            "redis_prefix": f"soak-{uuid.uuid4().hex[:6]}",
-            "model": model,
-            "device": "cpu",
-            "models_dir": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
-            "results_dir": str(work / "results"),
-            "rate_limit_per_minute": "0",
-            "finished_bytes_ttl_s": str(grace_s),
-            "batch_size": str(batch),
-            "log_level": "WARNING",
-        }
+        settings = bench_settings(
+            model, work, prefix="soak", finished_bytes_ttl_s=str(grace_s), batch_size=str(batch)
+        )
         env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         super().__init__(work, settings, appendonly=False, env=env, cwd=REPO)
         self.keys = Keys(self.prefix)

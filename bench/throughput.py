@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stacks import bench_settings  # noqa: E402
 from launch.stack import LocalStack  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -36,16 +35,7 @@ PROMPTS = ["a red circle on a blue background", "blue and yellow stripes", "a sm
 def batch_stack(work: Path, model: str, batch: int) -> LocalStack:
     """redis-server + worker + API with one batch size (started by `with`, then `up()`)."""
     root = work / f"batch{batch}"
-    settings = {
-        "redis_prefix": f"bench-{uuid.uuid4().hex[:6]}",
-        "model": model,
-        "device": "cpu",
-        "models_dir": os.environ.get("ARTGEN_MODELS_DIR", str(work / "models")),
-        "results_dir": str(root / "results"),
-        "rate_limit_per_minute": "0",
-        "batch_size": str(batch),
-        "log_level": "WARNING",
-    }
+    settings = bench_settings(model, work, root / "results", batch_size=str(batch))
     return LocalStack(root, settings, cwd=REPO)
 
 
