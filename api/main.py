@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -142,32 +142,29 @@ def create_app(
     return app
 
 
-async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("redis unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse(
-        {"detail": "redis is unavailable; try again shortly"},
-        status_code=503,
-        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
-    )
+def _unavailable(
+    what: str, detail: str, retry_after_s: int
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """An exception handler answering 503 with `Retry-After`: a part the API needs is away, never a 500."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        path = request.url.path
+        log.warning("%s during %s %s: %s: %s", what, request.method, path, type(exc).__name__, exc)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+    return handler
 
 
-async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
-    """Redis refused a write (maxmemory reached under noeviction): a 503, never a 500."""
-    log.warning("redis is full during %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": "the service is out of memory for new data; try again later"},
-        status_code=503,
-        headers={"Retry-After": str(REDIS_FULL_RETRY_AFTER_S)},
-    )
-
-
-async def _result_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("result store unavailable during %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": "the result store is unavailable; try again shortly"},
-        status_code=503,
-        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
-    )
+_redis_unavailable = _unavailable(
+    "redis unavailable", "redis is unavailable; try again shortly", REDIS_RETRY_AFTER_S
+)
+# Redis refused a write (maxmemory reached under noeviction).
+_redis_full = _unavailable(
+    "redis is full", "the service is out of memory for new data; try again later", REDIS_FULL_RETRY_AFTER_S
+)
+_result_store_unavailable = _unavailable(
+    "result store unavailable", "the result store is unavailable; try again shortly", REDIS_RETRY_AFTER_S
+)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
