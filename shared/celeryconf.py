@@ -6,6 +6,9 @@ from typing import Any
 
 from shared.settings import Settings
 
+# Publishing retries, bounded so a request or a painting step never hangs on a broker that is away.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Configuration for long GPU jobs: one at a time per process, acknowledged only when done."""

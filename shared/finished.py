@@ -2,7 +2,8 @@
 while queued) or a worker (every other end).
 
 Everything that reacts to an end reads these facts: the `finished` event drives SSE and the blocking
-aliases, the stats hash drives `/metrics`. Writing them in one function keeps every end alike.
+aliases, the stats hash drives `/metrics`. Writing them in one function keeps every end alike. Once the
+facts are written, the side that ended the job announces its "completed" webhook (`announce_finished`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.jobs import EVENTS_MAXLEN, EventType, JobRecord, JobState
+from shared.jobs import EVENTS_MAXLEN, EventType, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.stats import record_finished
+from shared.webhooks import Notify, WebhookEvent, announce
 
 
 def write_finished(
@@ -42,7 +44,15 @@ def write_finished(
         maxlen=EVENTS_MAXLEN,
         approximate=True,
     )
+    # Off the queue and the deadline watch, whoever ended it.
+    pipe.zrem(keys.queued(queue_for(record.model)), record.id)
+    pipe.zrem(keys.deadlines(), record.id)
     for key in keys.kept_for_job(record.id):
         pipe.expire(key, ttl_s)
     for key in keys.bytes_for_job(record.id, record.image_prompt_count):
         pipe.expire(key, min(bytes_ttl_s, ttl_s))
+
+
+def announce_finished(notify: Notify | None, record: JobRecord) -> None:
+    """After `write_finished`'s pipeline ran: queue the job's "completed" webhook, if it wants one."""
+    announce(notify, record.id, record, WebhookEvent.COMPLETED)

@@ -52,7 +52,27 @@ class JobParams(BaseModel):
     preview_every: int = 5
 
 
-class JobRecord(JobParams):
+class CancelReason(StrEnum):
+    """Why a job ended `canceled`."""
+
+    CLIENT = "client"  # POST /v1/jobs/{id}/cancel, or DELETE of an unfinished job
+    DEADLINE = "deadline"  # its Cancel-After / deadline_s passed
+
+
+class CallerOptions(BaseModel):
+    """What the program that submitted a job asked for around the painting (webhooks, deadline)."""
+
+    webhook: str | None = None
+    webhook_events: str = ""  # comma-separated subset of shared.webhooks.WEBHOOK_EVENTS
+    deadline_at: float | None = None  # unix seconds: queued past it never starts, running stops
+    idempotency_key: str | None = None  # the Redis key of the Idempotency-Key that created it
+
+    @property
+    def webhook_event_list(self) -> list[str]:
+        return [event for event in self.webhook_events.split(",") if event]
+
+
+class JobRecord(JobParams, CallerOptions):
     """A job as stored in its Redis hash (`Keys.job`), flat so that single fields can be updated."""
 
     id: str
@@ -71,6 +91,7 @@ class JobRecord(JobParams):
     batch: int | None = None  # most jobs it was painted together with (itself included), when > 1
     frame_seq: int = 0  # increments with every stored frame; the ETag of /frame
     note: str | None = None
+    cancel_reason: CancelReason | None = None  # set when canceled
 
     def to_redis(self) -> dict[str, str]:
         """Encode for HSET: None fields are left out, bools as 0/1, everything else as text."""

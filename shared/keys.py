@@ -63,6 +63,25 @@ class Keys:
         """String with TTL: marks a job another worker re-queued after its worker died (once per death)."""
         return f"{self.prefix}:job:{job_id}:reaped"
 
+    def webhooks(self, job_id: str) -> str:
+        """Hash: `<webhook id>:<field>` -> one event's delivery: status, attempts, body, owning task."""
+        return f"{self.prefix}:job:{job_id}:webhooks"
+
+    def deliveries(self, job_id: str) -> str:
+        """List: JSON of every webhook delivery attempt of the job, oldest first."""
+        return f"{self.prefix}:job:{job_id}:deliveries"
+
+    def every_key_of_job(self, job_id: str, image_prompt_count: int) -> list[str]:
+        """Every key named after one job, for DELETE (index entries are members, removed apart)."""
+        return [
+            *self.all_for_job(job_id),
+            *(self.image_prompt(job_id, index) for index in range(image_prompt_count)),
+            self.lock(job_id),
+            self.reaped(job_id),
+            self.webhooks(job_id),
+            self.deliveries(job_id),
+        ]
+
     def all_for_job(self, job_id: str) -> list[str]:
         """Every fixed key of one job (image prompts aside), for TTLs and clean-up."""
         return [
@@ -106,6 +125,18 @@ class Keys:
     def queued(self, queue: str) -> str:
         """Sorted set: job ids waiting in one queue, scored by enqueue time (for queue positions)."""
         return f"{self.prefix}:queued:{queue}"
+
+    def deadlines(self) -> str:
+        """Sorted set: ids of jobs with a deadline, scored by it (unix seconds), for the deadline sweep."""
+        return f"{self.prefix}:jobs:deadlines"
+
+    def idempotency(self, scope: str, key_hash: str) -> str:
+        """String with TTL: `fingerprint` while the first request runs, then `fingerprint:job id`."""
+        return f"{self.prefix}:idem:{scope}:{key_hash}"
+
+    def sweep_lock(self) -> str:
+        """String with TTL: held by the one process sweeping old results at a time."""
+        return f"{self.prefix}:results:sweep"
 
     def rate(self, owner: str, window: int) -> str:
         """Counter: requests by one caller in one rate-limit window."""

@@ -10,6 +10,7 @@ one-line CLI error, a failed job.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,6 +30,22 @@ MAX_INIT_WEIGHT = 100.0
 MAX_IMAGE_PROMPTS = 4
 # Pixels per latent cell of the service's models, each side: the API takes multiples of it for every model.
 SIDE_MULTIPLE = 16
+# The longest deadline a job may carry (Cancel-After, deadline_s): a week, a job record's default lifetime.
+MAX_DEADLINE_S = 7 * 24 * 3600
+# `Cancel-After` spellings: hours, minutes and seconds in that order, each optional, at least one: 1h30m, 90s.
+_DURATION = re.compile(r"(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,8}(?:\.\d{1,3})?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration spelled `30s`, `5m`, `1h30m` (Replicate's `Cancel-After`); ValueError if not."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not text.strip() or not any(match.groups()):
+        raise ValueError(f"{text[:40]!r} is not a duration such as 30s, 5m or 1h30m")
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not 0 < total <= MAX_DEADLINE_S:
+        raise ValueError(f"a duration must be above 0 and at most {MAX_DEADLINE_S} s")
+    return total
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -105,13 +107,34 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None  # None = boto3's own chain (env, profile, instance role)
     s3_secret_access_key: SecretStr | None = None
 
+    # --- for the programs that call artgen: webhooks, idempotency, deadlines, retention ------------
+    # Standard Webhooks signing secret, `whsec_<base64 of 24 to 64 bytes>`; None = webhooks are refused.
+    webhook_secret: SecretStr | None = None
+    # Hosts or CIDRs a webhook may reach although they are loopback, private or reserved (tests, LANs).
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # At most one "progress" delivery per job this often.
+    webhook_progress_interval_s: float = Field(5.0, gt=0)
+    # Connect timeout, and read timeout, of one delivery attempt.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    # Attempts of one event before it is given up; waits between them grow 3x from the base.
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_retry_base_s: float = Field(5.0, gt=0)
+    # Deliveries one webhooks worker process makes at once (threads: delivery is waiting on the network).
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    # Seconds an Idempotency-Key is remembered per caller.
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    # A job still unfinished this long after it was submitted is canceled; None = no default deadline.
+    default_deadline_s: int | None = Field(None, ge=1)
+    # Results in the directory store older than this are swept (by the webhooks worker); None = kept.
+    result_ttl_s: int | None = Field(None, ge=1)
+
     # --- ops -------------------------------------------------------------------------------------
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     log_level: str = "INFO"
 
-    @field_validator("worker_models", "cors_origins", mode="before")
+    @field_validator("worker_models", "cors_origins", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -134,6 +157,20 @@ class Settings(BaseSettings):
     def _refuse_placeholder_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().lower() in _PLACEHOLDER_SECRETS:
             raise ValueError("ARTGEN_FLOWER_PASSWORD is a placeholder; set a real secret")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        text = value.get_secret_value()
+        try:
+            raw = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise ValueError("ARTGEN_WEBHOOK_SECRET must be whsec_ followed by base64") from exc
+        if not text.startswith("whsec_") or not 24 <= len(raw) <= 64:
+            raise ValueError("ARTGEN_WEBHOOK_SECRET must be whsec_ followed by the base64 of 24 to 64 bytes")
         return value
 
     @model_validator(mode="after")

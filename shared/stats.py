@@ -16,6 +16,9 @@ from typing import Any
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 QUEUE_WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 HISTOGRAMS = {"duration": DURATION_BUCKETS, "queue_wait": QUEUE_WAIT_BUCKETS}
+# What one webhook delivery attempt came to: delivered (2xx); retrying (failed, tried again later); failed
+# (the last attempt failed); refused (the address is not allowed); dropped (the job was deleted).
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "refused", "dropped")
 
 
 def _bucket_label(buckets: tuple[float, ...], value: float) -> str:
@@ -36,6 +39,16 @@ def record_finished(
         pipe.hincrbyfloat(key, f"{name}_sum|{model}", value)
 
 
+def webhook_field(outcome: str) -> str:
+    """The stats hash's field counting webhook delivery attempts of one outcome (one of WEBHOOK_OUTCOMES)."""
+    return f"webhook|{outcome}"
+
+
+def record_webhook(pipe: Any, key: str, outcome: str) -> None:
+    """Count one webhook delivery attempt by its outcome."""
+    pipe.hincrby(key, webhook_field(outcome), 1)
+
+
 @dataclass
 class Histogram:
     """Cumulative bucket counts, as Prometheus wants them."""
@@ -53,6 +66,7 @@ class JobStats:
     finished: dict[tuple[str, str], float] = field(default_factory=dict)  # (model, state) -> count
     iterations: dict[str, float] = field(default_factory=dict)  # model -> iterations done
     histograms: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (name, model)
+    webhooks: dict[str, float] = field(default_factory=dict)  # outcome -> delivery attempts
 
 
 def read_stats(raw: dict[Any, Any]) -> JobStats:
@@ -71,6 +85,8 @@ def read_stats(raw: dict[Any, Any]) -> JobStats:
             stats.finished[(model, state)] = value
         elif kind == "iterations":
             stats.iterations[rest] = value
+        elif kind == "webhook":
+            stats.webhooks[rest] = value
         elif kind in HISTOGRAMS:
             model, _, bound = rest.partition("|")
             per_bucket.setdefault((kind, model), {})[bound] = value

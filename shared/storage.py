@@ -39,6 +39,11 @@ def timelapse_key(job_id: str) -> str:
     return f"{job_id}/timelapse.webp"
 
 
+def job_store_keys(job_id: str) -> list[str]:
+    """Everything the store may hold of one job (DELETE removes these)."""
+    return [result_key(job_id), timelapse_key(job_id)]
+
+
 def check_key(key: str) -> str:
     """`key` if it is relative, "/"-separated and made of plain segments; InvalidKey otherwise."""
     if not key or len(key) > _MAX_KEY_CHARS:
@@ -115,6 +120,28 @@ class DirectoryStore:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     raise
+
+    def sweep(self, max_age_s: float, now: float) -> int:
+        """Remove files last written more than `max_age_s` before `now`, and folders left empty; how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for path in folder.iterdir():
+                try:
+                    if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:  # deleted meanwhile (a DELETE, another sweeper)
+                    continue
+            try:
+                folder.rmdir()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    raise
+        return removed
 
 
 def _fsync_dir(directory: Path) -> None:
