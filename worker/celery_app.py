@@ -15,6 +15,7 @@ from celery import Celery, signals
 from shared.celeryconf import celery_config
 from shared.jobs import TASK_GENERATE, queue_for
 from shared.settings import Settings, get_settings
+from shared.webhooks import celery_notify
 from worker.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ def requeue(job_id: str, queue: str) -> None:
     app.send_task(TASK_GENERATE, args=[job_id], queue=queue)
 
 
+# Queues a webhook delivery for the torch-free webhooks worker: one broker message, never the HTTP call.
+notify = celery_notify(app)
+
+
 def load_served_models() -> None:
     """Load every model this worker serves, once per process, so the first job does not wait for it."""
     from worker.models import get_models
@@ -81,7 +86,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     name = getattr(sender, "hostname", None) or f"artgen@{socket.gethostname()}"
     client = resilient_redis(settings.redis_url)
-    _heartbeat = Heartbeat(settings, name, served_models(settings), client, requeue)
+    _heartbeat = Heartbeat(settings, name, served_models(settings), client, requeue, notify)
     _heartbeat.start()
 
 

@@ -7,6 +7,8 @@ painter, resumed from a checkpoint, and its progress reporter) and returns an `A
 job when it cannot paint. The ends write the job's final state with a Lua script (a terminal state is
 never overwritten) and its "finished" facts with `shared.finished.write_finished`, then release the
 lock. What a batch does with its jobs is `worker.batch`'s business; nothing here knows about batches.
+Webhooks hang off these transitions: `claim` announces "start", the reporter "progress", `_end`
+"completed"; each only queues a delivery task (`ctx.notify`), so a slow receiver never costs GPU time.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from typing import TYPE_CHECKING
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from shared.finished import write_finished
+from shared.deadlines import past_deadline
+from shared.finished import announce_finished, write_finished
 from shared.images import timelapse_webp
-from shared.jobs import JobRecord, JobState, queue_for
+from shared.jobs import CancelReason, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.params import InvalidParams, Limits, build_config, png_metadata
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
 from shared.storage import ResultStore, result_key, timelapse_key
-from shared.transitions import FINISH_IF_RUNNING, REQUEUE_IF_RUNNING, START_IF_RUNNABLE
+from shared.transitions import (
+    FINISH_IF_RUNNING,
+    REQUEUE_IF_RUNNING,
+    SET_IF_JOB_EXISTS,
+    START_IF_RUNNABLE,
+)
+from shared.webhooks import Notify, WebhookEvent, announce
 from worker.progress import ProgressReporter
 
 if TYPE_CHECKING:
@@ -73,6 +82,7 @@ class WorkerContext:
     worker: str
     requeue: Requeue
     store: ResultStore
+    notify: Notify | None = None  # queues a webhook delivery; None = webhooks are not announced
 
     @cached_property
     def keys(self) -> Keys:
@@ -147,6 +157,9 @@ def claim(ctx: WorkerContext, job_id: str) -> Claim | JobState | None:
         log.info("job %s is running on another worker; not starting it twice", job_id)
         return JobState.RUNNING
     taken = Claim(record, lock, time.monotonic())
+    if past_deadline(record, time.time()):
+        log.info("job %s is past its deadline; it never starts", job_id)
+        return _end(ctx, taken, JobState.CANCELED, reason=CancelReason.DEADLINE)
     if record.attempts >= ctx.settings.max_attempts:
         return fail(ctx, taken, f"gave up after {record.attempts} attempts (the worker died each time)")
     if not client.eval(START_IF_RUNNABLE, 1, keys.job(job_id), time.time(), ctx.worker):
@@ -156,6 +169,7 @@ def claim(ctx: WorkerContext, job_id: str) -> Claim | JobState | None:
     pipe.zrem(keys.queued(queue_for(record.model)), job_id)
     pipe.sadd(keys.running(), job_id)
     pipe.execute()
+    announce(ctx.notify, job_id, record, WebhookEvent.START)
     return taken
 
 
@@ -174,7 +188,14 @@ def start(ctx: WorkerContext, taken: Claim) -> ActiveJob | JobState:
         return fail(ctx, taken, internal_error(exc))
     record = taken.record
     reporter = ProgressReporter(
-        ctx.client, ctx.keys, record.id, ctx.settings, record.preview_every, ctx.worker
+        ctx.client,
+        ctx.keys,
+        record.id,
+        ctx.settings,
+        record.preview_every,
+        ctx.worker,
+        options=record,
+        notify=ctx.notify,
     )
     return ActiveJob(record, taken.lock, taken.began, painter, reporter)
 
@@ -229,8 +250,9 @@ def fail(ctx: WorkerContext, job: Claim, error: str) -> JobState:
 
 
 def cancel(ctx: WorkerContext, job: ActiveJob) -> JobState:
-    log.info("job %s canceled at iteration %d", job.record.id, job.painter.iteration)
-    return _end(ctx, job, JobState.CANCELED)
+    reason = job.reporter.cancel_reason or CancelReason.CLIENT
+    log.info("job %s canceled (%s) at iteration %d", job.record.id, reason.value, job.painter.iteration)
+    return _end(ctx, job, JobState.CANCELED, reason=reason)
 
 
 def hand_back(ctx: WorkerContext, job: ActiveJob) -> JobState:
@@ -262,20 +284,34 @@ def store_timelapse(ctx: WorkerContext, job_id: str) -> None:
     try:
         webp = timelapse_webp(frames)
         ctx.store.put(timelapse_key(job_id), webp, "image/webp")
-        ctx.client.set(ctx.keys.timelapse(job_id), webp, ex=ctx.settings.finished_bytes_ttl_s)
+        keys, ttl = ctx.keys, ctx.settings.finished_bytes_ttl_s
+        # DELETE removes Redis first, then the store: a record gone now means this copy is ours to remove.
+        if not ctx.client.eval(SET_IF_JOB_EXISTS, 2, keys.job(job_id), keys.timelapse(job_id), webp, ttl):
+            ctx.store.delete(timelapse_key(job_id))
     except Exception:  # the picture is safe; a missing time-lapse is rebuilt from frames on request
         log.exception("storing the time-lapse of job %s failed", job_id)
 
 
-def _end(ctx: WorkerContext, job: Claim, state: JobState, error: str | None = None) -> JobState:
+def _end(
+    ctx: WorkerContext,
+    job: Claim,
+    state: JobState,
+    error: str | None = None,
+    reason: CancelReason | None = None,
+) -> JobState:
     """Write the final state once (terminal states are never overwritten) and its facts; release the job."""
     client, keys, job_id = ctx.client, ctx.keys, job.record.id
     if isinstance(job, ActiveJob):
         _close_frames(job)
     try:
         now = time.time()
-        if not client.eval(FINISH_IF_RUNNING, 1, keys.job(job_id), state.value, now, error or ""):
-            final = JobRecord.from_redis(client.hgetall(keys.job(job_id))).state
+        why = reason.value if reason is not None else ""
+        if not client.eval(FINISH_IF_RUNNING, 1, keys.job(job_id), state.value, now, error or "", why):
+            raw = client.hgetall(keys.job(job_id))
+            if not raw:  # deleted (DELETE /v1/jobs/{id}) while it ended
+                log.info("job %s was deleted; nothing to record", job_id)
+                return JobState.CANCELED
+            final = JobRecord.from_redis(raw).state
             log.info("job %s was already %s; keeping that", job_id, final)
             return final
         record = JobRecord.from_redis(client.hgetall(keys.job(job_id)))
@@ -286,6 +322,7 @@ def _end(ctx: WorkerContext, job: Claim, state: JobState, error: str | None = No
         pipe.srem(keys.running(), job_id)
         pipe.execute()
         log.info("job %s %s%s", job_id, state.value, f": {error}" if error else "")
+        announce_finished(ctx.notify, record)
         return state
     finally:
         job.lock.release()

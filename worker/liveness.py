@@ -1,5 +1,5 @@
-"""Worker liveness in Redis: a heartbeat that says this worker is alive, and the reaper that queues again
-the jobs of workers that died.
+"""Worker liveness in Redis: a heartbeat that says this worker is alive, the reaper that queues again
+the jobs of workers that died, and the sweep that cancels queued jobs past their deadline.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shared.deadlines import expire_deadlines
 from shared.jobs import JobRecord, queue_for
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.webhooks import Notify
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,11 @@ class Heartbeat:
         models: list[str],
         client: Any,
         requeue: Callable[[str, str], None],
+        notify: Notify | None = None,
     ) -> None:
         self.name = name
         self._settings, self._models, self._client, self._requeue = settings, models, client, requeue
+        self._notify = notify
         self._keys = Keys(settings.redis_prefix)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="artgen-heartbeat", daemon=True)
@@ -90,6 +94,10 @@ class Heartbeat:
                 reap_orphans(self._client, self._settings, self._requeue)
             except Exception as exc:  # Redis away: keep trying; the worker itself reconnects too
                 log.warning("looking for orphaned jobs failed: %s", exc)
+            try:
+                expire_deadlines(self._client, self._settings, self._notify)
+            except Exception as exc:  # Redis away: keep trying; the worker itself reconnects too
+                log.warning("looking for queued jobs past their deadline failed: %s", exc)
             value = json.dumps({"ts": time.time(), "models": self._models, "pid": os.getpid()})
             try:
                 self._client.hset(self._keys.workers(), self.name, value)

@@ -13,13 +13,15 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from shared.jobs import EVENTS_MAXLEN, EventType
+from shared.jobs import EVENTS_MAXLEN, CallerOptions, CancelReason, EventType
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.webhooks import Notify, WebhookEvent, announce, wants
 
 if TYPE_CHECKING:
     import redis
@@ -137,7 +139,8 @@ class FrameWriter:
 
 
 class ProgressReporter:
-    """The engine's `on_step`: progress every iteration, a frame every `preview_every` iterations."""
+    """The engine's `on_step`: progress every iteration, a frame every `preview_every` iterations, a
+    "progress" webhook at most every `webhook_progress_interval_s`; it also watches the job's deadline."""
 
     def __init__(
         self,
@@ -147,15 +150,35 @@ class ProgressReporter:
         settings: Settings,
         preview_every: int,
         worker: str,
+        *,
+        options: CallerOptions | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._job_id = job_id
         self._worker = worker
         self._preview_every = preview_every
+        self._options = options or CallerOptions()
+        self._notify = notify if wants(self._options, WebhookEvent.PROGRESS) else None
+        self._progress_every_s = settings.webhook_progress_interval_s
+        self._progress_sent: float | None = None  # time.monotonic() of the last progress webhook
         self.frames = FrameWriter(client, keys, job_id, settings)
-        self.cancel_requested = bool(client.exists(keys.cancel(job_id)))
+        self.cancel_reason: CancelReason | None = None
+        self._note_cancel(bool(client.exists(keys.cancel(job_id))))
         self.handback_requested = bool(client.exists(keys.shutdown(worker)))
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_reason is not None
+
+    def _note_cancel(self, flagged: bool) -> None:
+        """A client's cancel flag, else a deadline that has passed, asks the job to stop."""
+        deadline = self._options.deadline_at
+        if flagged:
+            self.cancel_reason = CancelReason.CLIENT
+        elif deadline is not None and time.time() >= deadline:
+            self.cancel_reason = CancelReason.DEADLINE
 
     def __call__(self, info: StepInfo) -> None:
         keys, job_id = self._keys, self._job_id
@@ -167,8 +190,13 @@ class ProgressReporter:
         pipe.exists(keys.cancel(job_id))
         pipe.exists(keys.shutdown(self._worker))
         *_, cancel, shutdown = pipe.execute()
-        self.cancel_requested = bool(cancel)
+        self._note_cancel(bool(cancel))
         self.handback_requested = bool(shutdown)
+        if self._notify is not None:
+            now = time.monotonic()
+            if self._progress_sent is None or now - self._progress_sent >= self._progress_every_s:
+                self._progress_sent = now
+                announce(self._notify, job_id, self._options, WebhookEvent.PROGRESS, info.iteration)
         # The first frame comes at once, so a watcher sees the picture start to form.
         due = info.iteration == 1 or info.iteration % self._preview_every == 0 or info.iteration == info.total
         if due:

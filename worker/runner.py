@@ -21,6 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.jobs import JobState, queue_for
 from shared.settings import Settings
 from shared.storage import ResultStore
+from shared.webhooks import Notify
 from worker import lifecycle
 from worker.admission import AdmissionPolicy, BatchView, Candidate, Verdict
 from worker.batching import budget_for
@@ -41,12 +42,13 @@ def run_job(
     worker_name: str,
     requeue: Requeue,
     store: ResultStore,
+    notify: Notify | None = None,
 ) -> JobState | None:
     """Run a queued job (or resume one whose worker died), with any compatible jobs that can join it.
 
     Returns the given job's state afterwards, None if it is unknown.
     """
-    ctx = WorkerContext(client, settings, worker_name, requeue, store)
+    ctx = WorkerContext(client, settings, worker_name, requeue, store, notify)
     taken = lifecycle.claim(ctx, job_id)
     if not isinstance(taken, Claim):
         return taken

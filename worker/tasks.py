@@ -10,7 +10,7 @@ import redis
 from shared.jobs import TASK_GENERATE
 from shared.settings import get_settings
 from shared.storage import ResultStore, make_store
-from worker.celery_app import app, requeue, resilient_redis
+from worker.celery_app import app, notify, requeue, resilient_redis
 from worker.runner import run_job
 
 
@@ -29,5 +29,6 @@ def _store() -> ResultStore:
 @app.task(name=TASK_GENERATE, bind=True)
 def generate_image(self: Any, job_id: str) -> str | None:
     """Paint one job; the job record, not Celery's result, carries the outcome."""
-    state = run_job(_redis(), get_settings(), job_id, self.request.hostname or "worker", requeue, _store())
+    worker = self.request.hostname or "worker"
+    state = run_job(_redis(), get_settings(), job_id, worker, requeue, _store(), notify)
     return state.value if state is not None else None
