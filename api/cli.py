@@ -29,3 +29,42 @@ def api(host: str | None, port: int | None, workers: int) -> None:
         access_log=False,
         proxy_headers=True,
     )
+
+
+@click.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Deliveries at once (threads) [ARTGEN_WEBHOOK_CONCURRENCY].",
+)
+@click.option("--hostname", help="Worker name shown in Flower [webhooks-<host>-<pid>@<host>].")
+def webhooks(concurrency: int | None, hostname: str | None) -> None:
+    """Run the webhook delivery worker (no torch): signed POSTs with retries; deadlines; result sweeps."""
+    import os
+    import socket
+
+    settings = get_settings()
+    from api.webhooks import app
+    from shared.webhooks import WEBHOOK_QUEUE
+
+    name = hostname or f"webhooks-{socket.gethostname()}-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            WEBHOOK_QUEUE,
+            "--hostname",
+            name,
+            # Threads: a delivery waits on the network; processes would only cost memory.
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency or settings.webhook_concurrency),
+            "--loglevel",
+            settings.log_level,
+            "--task-events",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

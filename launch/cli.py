@@ -15,14 +15,16 @@ _COMMANDS = {
     "up": "launch.up:up",
     "api": "api.cli:api",
     "worker": "worker.main:worker",
+    "webhooks": "api.cli:webhooks",
     "flower": "launch.flower:flower",
 }
 _HELP = {
     "generate": "Paint one picture in this process, with a progress bar.",
     "models": "List the model presets, or pull their weights.",
-    "up": "Run the whole stack on this machine: Redis, one worker, the API.",
+    "up": "Run the whole stack on this machine: Redis, one worker, the webhooks worker, the API.",
     "api": "Run the HTTP gateway alone.",
     "worker": "Run one Celery worker process alone.",
+    "webhooks": "Run the webhook delivery worker (no torch) alone.",
     "flower": "Run the Flower dashboard on the same broker.",
 }
 
