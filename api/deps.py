@@ -71,10 +71,17 @@ async def get_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> JobRec
     record = await store.record(job_id)
     if record is None or record.owner != owner:
         raise HTTPException(404, detail="job not found")
-    return record
+    return await store.enforce_deadline(record)
 
 
 JobDep = Annotated[JobRecord, Depends(get_job)]
+
+
+def caller_scope(request: Request, owner: str) -> str:
+    """Who a rate limit or an Idempotency-Key belongs to: the API key when keys are on, else the client
+    address (a short hash either way)."""
+    caller = owner or f"ip:{request.client.host if request.client else 'unknown'}"
+    return hashlib.sha256(caller.encode()).hexdigest()[:16]
 
 
 async def limit_submissions(request: Request, store: StoreDep, owner: OwnerDep) -> None:
@@ -82,9 +89,7 @@ async def limit_submissions(request: Request, store: StoreDep, owner: OwnerDep) 
     limit = store.settings.rate_limit_per_minute
     if not limit:
         return
-    # Per API key when keys are on; per client address otherwise.
-    caller = owner or f"ip:{request.client.host if request.client else 'unknown'}"
-    retry_after = await store.rate_limited(hashlib.sha256(caller.encode()).hexdigest()[:16], limit)
+    retry_after = await store.rate_limited(caller_scope(request, owner), limit)
     if retry_after is not None:
         request.app.state.metrics.jobs_rejected.labels("rate_limited").inc()
         raise HTTPException(

@@ -90,7 +90,7 @@ def create_app(
         queue = enqueuer if enqueuer is not None else CeleryEnqueuer(settings)
         app.state.redis = client
         app.state.enqueuer = queue
-        app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results)
+        app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results, queue.notify)
         app.state.memory = MemoryGauge(client, settings.redis_memory_high)
         try:
             yield
@@ -126,9 +126,25 @@ def create_app(
             allow_origins=settings.cors_origins,
             # Credentials are never allowed together with "*": any site could then act as the user.
             allow_credentials=not wildcard,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match", "Last-Event-ID"],
-            expose_headers=["Location", "ETag", "X-Job-Id", "Retry-After"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "If-None-Match",
+                "Last-Event-ID",
+                "Idempotency-Key",
+                "Cancel-After",
+                "Prefer",
+            ],
+            expose_headers=[
+                "Location",
+                "ETag",
+                "X-Job-Id",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "Preference-Applied",
+            ],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # The web page, last: every API route above takes precedence over a static file of the same path.

@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.stats import JobStats
+from shared.stats import WEBHOOK_OUTCOMES, JobStats
 
 
 class Metrics:
@@ -128,6 +128,15 @@ class _JobStatsCollector:
         for model, its in sorted(self.running_its.items()):
             speed.add_metric([model], its)
         yield speed
+        deliveries = CounterMetricFamily(
+            "artgen_webhook_deliveries",
+            "Webhook delivery attempts, by outcome: delivered, retrying, failed (the last attempt), refused "
+            "(the address is not allowed), dropped (the job was deleted).",
+            labels=["outcome"],
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            deliveries.add_metric([outcome], self.stats.webhooks.get(outcome, 0.0))
+        yield deliveries
         for name, help_text in (
             ("duration", "Seconds from a job's start to its end, by model."),
             ("queue_wait", "Seconds a job waited in the queue before it started, by model."),

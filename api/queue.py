@@ -8,20 +8,21 @@ from typing import Protocol
 import anyio.to_thread
 from celery import Celery
 
-from shared.celeryconf import celery_config
+from shared.celeryconf import PUBLISH_RETRY, celery_config
 from shared.jobs import TASK_GENERATE
 from shared.settings import Settings
+from shared.webhooks import celery_notify
 
 log = logging.getLogger(__name__)
-
-# Bounded, so a request never hangs on a broker that is away; the job is then marked failed instead.
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
 
 
 class Enqueuer(Protocol):
     """Puts a job id on a queue; raises when the broker does not take it."""
 
     async def enqueue(self, job_id: str, queue: str) -> None: ...
+
+    def notify(self, job_id: str, event: str, webhook_id: str) -> None:
+        """Queue a webhook delivery (blocking; `shared.webhooks.Notify`)."""
 
     def close(self) -> None: ...
 
@@ -32,6 +33,7 @@ class CeleryEnqueuer:
     def __init__(self, settings: Settings) -> None:
         self._app = Celery("artgen-api", set_as_current=False)
         self._app.conf.update(celery_config(settings))
+        self._notify = celery_notify(self._app)
 
     async def enqueue(self, job_id: str, queue: str) -> None:
         # kombu publishes with blocking sockets: keep it off the event loop.
@@ -44,8 +46,11 @@ class CeleryEnqueuer:
             queue=queue,
             task_id=job_id,
             retry=True,
-            retry_policy=_PUBLISH_RETRY,
+            retry_policy=PUBLISH_RETRY,
         )
+
+    def notify(self, job_id: str, event: str, webhook_id: str) -> None:
+        self._notify(job_id, event, webhook_id)
 
     def close(self) -> None:
         self._app.close()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from shared.jobs import JobState
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.jobs import CancelReason, JobState
 from shared.model_facts import JobDefaults
 from shared.params import (
     MAX_CUT_POW,
+    MAX_DEADLINE_S,
     MAX_IMAGE_PROMPTS,
     MAX_INIT_WEIGHT,
     MAX_SEED,
     MAX_STEP_SIZE,
     GenerationConfig,
 )
+from shared.webhooks import WEBHOOK_EVENTS, WebhookEventName
 
 
 class JobCreate(BaseModel):
@@ -37,6 +41,37 @@ class JobCreate(BaseModel):
         default_factory=list, max_length=MAX_IMAGE_PROMPTS, description="pictures to paint towards, base64"
     )
 
+    # --- for the programs that call artgen ---------------------------------------------------------
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that receives the job view, signed by the Standard Webhooks spec, on the "
+        "events of `webhook_events_filter`",
+    )
+    webhook_events_filter: list[WebhookEventName] | None = Field(
+        None,
+        max_length=len(WEBHOOK_EVENTS),
+        description='events sent to `webhook`: "start", "progress" (throttled), "completed" (every final '
+        'state); default ["start", "completed"]',
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        allow_inf_nan=False,
+        description="seconds after submission when the job is no longer wanted: queued, it never starts; "
+        'running, it stops at its next iteration (ends `canceled`, `cancel_reason` "deadline"); '
+        "the `Cancel-After` header says the same",
+    )
+
+    @field_validator("webhook_events_filter", mode="before")
+    @classmethod
+    def _split_events(cls, value: Any) -> Any:
+        # A form field carries the list as "start,completed".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
 
 class JobLinks(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
@@ -46,6 +81,7 @@ class JobLinks(BaseModel):
     result: str
     events: str
     cancel: str
+    deliveries: str
 
 
 class JobView(BaseModel):
@@ -80,6 +116,33 @@ class JobView(BaseModel):
     batch: int | None = Field(description="jobs painted together with it at most, itself included")
     error: str | None
     links: JobLinks
+
+    # --- for the programs that call artgen ---------------------------------------------------------
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = None
+    deadline_at: float | None = Field(
+        None, description="unix seconds; the job is canceled if unfinished by then"
+    )
+    cancel_reason: CancelReason | None = Field(
+        None, description='why a canceled job was canceled: "client" or "deadline"'
+    )
+
+
+class WebhookDelivery(BaseModel):
+    """One attempt to deliver one webhook event."""
+
+    webhook_id: str = Field(description="the `webhook-id` header: the same on every attempt of one event")
+    event: str
+    attempt: int = Field(description="1 for the first attempt of this event")
+    at: float = Field(description="unix seconds when the attempt started")
+    duration_s: float
+    outcome: str = Field(description="delivered, retrying, failed (the last attempt), refused or dropped")
+    status_code: int | None = Field(description="the receiver's HTTP status; null when none came")
+    error: str | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[WebhookDelivery]
 
 
 class JobList(BaseModel):

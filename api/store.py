@@ -8,17 +8,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from redis.asyncio import Redis
 
-from api.schemas import JobLinks, JobView
-from shared.finished import write_finished
-from shared.jobs import EventType, JobParams, JobRecord, JobState, queue_for
+from api.schemas import JobLinks, JobView, WebhookDelivery
+from shared.deadlines import past_deadline
+from shared.finished import announce_finished, write_finished
+from shared.jobs import CallerOptions, CancelReason, EventType, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.model_facts import MODEL_NOTES
 from shared.settings import Settings
-from shared.storage import ResultStore, result_key
-from shared.transitions import CANCEL_IF_QUEUED
+from shared.storage import ResultStore, job_store_keys, result_key
+from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING
+from shared.webhooks import Notify
 
 
 class ResultStoreUnavailable(Exception):
@@ -33,6 +36,7 @@ def links(job_id: str) -> JobLinks:
         result=f"{base}/result",
         events=f"{base}/events",
         cancel=f"{base}/cancel",
+        deliveries=f"{base}/deliveries",
     )
 
 
@@ -73,6 +77,10 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         batch=record.batch,
         error=record.error,
         links=links(record.id),
+        webhook=record.webhook,
+        webhook_events_filter=record.webhook_event_list if record.webhook else None,
+        deadline_at=record.deadline_at,
+        cancel_reason=record.cancel_reason,
     )
 
 
@@ -88,6 +96,7 @@ class JobStore:
     keys: Keys
     settings: Settings
     results: ResultStore  # durable copies of results and time-lapses, beyond Redis
+    notify: Notify | None = None  # queues a webhook delivery (blocking: called off the event loop)
 
     async def blob(self, key: str) -> bytes | None:
         """A stored picture (frame, result, upload), or None."""
@@ -165,12 +174,27 @@ class JobStore:
         return int(await self.redis.zcard(self.keys.queued(queue_for(model))))
 
     async def create(
-        self, params: JobParams, owner: str, init_png: bytes | None, prompt_pngs: list[bytes]
+        self,
+        params: JobParams,
+        owner: str,
+        init_png: bytes | None,
+        prompt_pngs: list[bytes],
+        options: CallerOptions | None = None,
+        idempotency_value: str | None = None,
     ) -> JobRecord:
-        """Write the record, its uploads and its index entries in one MULTI; the caller enqueues it."""
+        """Write the record, its uploads and its index entries in one MULTI; the caller enqueues it.
+
+        With `options.idempotency_key`, that key is set to `idempotency_value` + ":" + the job id in the
+        same MULTI, so a retried request finds the job as soon as the job exists.
+        """
         keys, ttl = self.keys, self.settings.job_ttl_s
+        options = options or CallerOptions()
         record = JobRecord(
-            **params.model_dump(), id=uuid.uuid4().hex, owner=owner, note=MODEL_NOTES.get(params.model)
+            **params.model_dump(),
+            **options.model_dump(),
+            id=uuid.uuid4().hex,
+            owner=owner,
+            note=MODEL_NOTES.get(params.model),
         )
         job_id, created = record.id, record.created_at
         pipe = self.redis.pipeline(transaction=True)
@@ -189,50 +213,115 @@ class JobStore:
             # Entries older than a job's lifetime point at expired records: trim them as we go.
             pipe.zremrangebyscore(index_key, "-inf", created - ttl)
             pipe.expire(index_key, ttl)
+        if record.deadline_at is not None:
+            pipe.zadd(keys.deadlines(), {job_id: record.deadline_at})
+        if record.idempotency_key is not None and idempotency_value is not None:
+            pipe.set(
+                record.idempotency_key, f"{idempotency_value}:{job_id}", ex=self.settings.idempotency_ttl_s
+            )
         await pipe.execute()
         return record
 
-    async def fail_unqueued(self, record: JobRecord, error: str) -> None:
-        """The broker refused the job: end it `failed` with the reason, so it is not silently lost."""
-        keys, now = self.keys, time.time()
+    async def _finished_here(self, record: JobRecord, state: JobState, error: str | None, now: float) -> None:
+        """The facts of an end this API made (the state is already written), then its "completed" webhook."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.job(record.id), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error}
-        )
-        pipe.zrem(keys.queued(queue_for(record.model)), record.id)
+        settings = self.settings
         write_finished(
             pipe,
-            keys,
+            self.keys,
             record,
-            JobState.FAILED,
+            state,
             error,
             now,
-            self.settings.job_ttl_s,
-            bytes_ttl_s=self.settings.finished_bytes_ttl_s,
+            settings.job_ttl_s,
+            bytes_ttl_s=settings.finished_bytes_ttl_s,
         )
         await pipe.execute()
+        if self.notify is not None:
+            # Publishing to the broker blocks: off the event loop.
+            await anyio.to_thread.run_sync(announce_finished, self.notify, record)
 
-    async def cancel(self, record: JobRecord) -> bool:
+    async def fail_unqueued(self, record: JobRecord, error: str) -> None:
+        """The broker refused the job: end it `failed` with the reason, so it is not silently lost."""
+        now = time.time()
+        if await self.redis.eval(
+            FINISH_IF_RUNNING, 1, self.keys.job(record.id), JobState.FAILED.value, now, error
+        ):
+            await self._finished_here(record, JobState.FAILED, error, now)
+
+    async def cancel(self, record: JobRecord, reason: CancelReason = CancelReason.CLIENT) -> bool:
         """Flag the job for its worker; a queued one is canceled here at once. True if this call ended it."""
         keys, now = self.keys, time.time()
-        await self.redis.set(keys.cancel(record.id), "1", ex=self.settings.job_ttl_s)
-        changed = await self.redis.eval(CANCEL_IF_QUEUED, 1, keys.job(record.id), now)
-        if not changed:
+        if reason is CancelReason.CLIENT:
+            # The worker reads the flag as a client's cancel; a deadline it watches by itself.
+            await self.redis.set(keys.cancel(record.id), "1", ex=self.settings.job_ttl_s)
+        if not await self.redis.eval(CANCEL_IF_QUEUED, 1, keys.job(record.id), now, reason.value):
             return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(keys.queued(queue_for(record.model)), record.id)
-        write_finished(
-            pipe,
-            keys,
-            record,
-            JobState.CANCELED,
-            None,
-            now,
-            self.settings.job_ttl_s,
-            bytes_ttl_s=self.settings.finished_bytes_ttl_s,
-        )
-        await pipe.execute()
+        await self._finished_here(record, JobState.CANCELED, None, now)
         return True
+
+    async def enforce_deadline(self, record: JobRecord) -> JobRecord:
+        """A queued job read past its deadline is canceled now (the sweep may not have come yet)."""
+        if record.state is not JobState.QUEUED or not past_deadline(record, time.time()):
+            return record
+        await self.cancel(record, CancelReason.DEADLINE)
+        return await self.record(record.id) or record
+
+    async def delete(self, record: JobRecord) -> bool:
+        """Cancel the job if unfinished, wait until no worker holds it, then remove every key of it from
+        Redis and every object of it from the result store. False when its worker has not let go within
+        `lock_ttl_s` (nothing is removed then; the caller may try again)."""
+        keys, job_id = self.keys, record.id
+        if not record.state.terminal:
+            await self.cancel(record)
+        give_up = time.monotonic() + self.settings.lock_ttl_s
+        while True:
+            current = await self.record(job_id)
+            if current is None:
+                return True  # another DELETE removed it meanwhile
+            held = bool(await self.redis.exists(keys.lock(job_id)))
+            if current.state.terminal and not held:
+                break
+            if not held:
+                # Running with no worker holding it (its worker died) or just handed back: end it here.
+                now = time.time()
+                ended = await self.redis.eval(
+                    FINISH_IF_RUNNING, 1, keys.job(job_id), JobState.CANCELED.value, now, "", "client"
+                )
+                if ended:
+                    await self._finished_here(current, JobState.CANCELED, None, now)
+                continue
+            if time.monotonic() > give_up:
+                return False
+            await anyio.sleep(0.1)
+        # The store first (if it is away: a 503 with nothing removed, and DELETE can be tried again),
+        await self._delete_stored(job_id)
+        doomed = keys.every_key_of_job(job_id, current.image_prompt_count)
+        if current.idempotency_key is not None:
+            doomed.append(current.idempotency_key)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(*doomed)
+        for index in (keys.recent(), keys.owner_jobs(current.owner), keys.queued(queue_for(current.model))):
+            pipe.zrem(index, job_id)
+        pipe.zrem(keys.deadlines(), job_id)
+        pipe.srem(keys.running(), job_id)
+        await pipe.execute()
+        # and again after Redis: a copy stored in between (a time-lapse) is gone too; one stored later
+        # finds no record, and its writer removes it.
+        await self._delete_stored(job_id)
+        return True
+
+    async def _delete_stored(self, job_id: str) -> None:
+        for store_key in job_store_keys(job_id):
+            try:
+                await anyio.to_thread.run_sync(self.results.delete, store_key)
+            except Exception as exc:  # S3 or the disk away: a 503 for the client, not a 500
+                raise ResultStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """The job's webhook delivery attempts, oldest first."""
+        raw = await self.redis.lrange(self.keys.deliveries(job_id), 0, -1)
+        return [WebhookDelivery.model_validate_json(entry) for entry in raw]
 
     def _index(self, owner: str) -> str:
         return self.keys.owner_jobs(owner) if owner else self.keys.recent()

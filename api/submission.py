@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import anyio.to_thread
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 
+from api import idempotency
 from api.metrics import Metrics
 from api.queue import Enqueuer
 from api.schemas import JobCreate
 from api.store import JobStore
 from api.uploads import UploadError, decode_base64, to_png
-from api.validation import job_params
-from shared.jobs import JobRecord, queue_for
+from api.urlguard import AllowList, RefusedUrl, check_webhook_url
+from api.validation import invalid, job_params
+from shared.jobs import CallerOptions, JobRecord, queue_for
+from shared.params import parse_duration
 from shared.settings import Settings
+from shared.webhooks import DEFAULT_WEBHOOK_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,48 @@ async def _checked_png(data: bytes, what: str, field_name: str, settings: Settin
         raise upload_problem(exc, field_name) from exc
 
 
+def _problem(where: tuple[str, ...], message: str) -> RequestValidationError:
+    return invalid([{"loc": where, "msg": message, "type": "value_error"}])
+
+
+async def caller_options(request: JobCreate, cancel_after: str | None, settings: Settings) -> CallerOptions:
+    """The webhook (its URL checked: a 422 for anything but public http(s)), its events, and the deadline
+    from `Cancel-After` or `deadline_s` (else `ARTGEN_DEFAULT_DEADLINE_S`)."""
+    options = CallerOptions()
+    if request.webhook is not None:
+        if settings.webhook_secret is None:
+            raise _problem(
+                ("body", "webhook"), "this deployment sends no webhooks (ARTGEN_WEBHOOK_SECRET is unset)"
+            )
+        allow = AllowList.parse(settings.webhook_allow_hosts)
+        try:
+            # Resolving the host blocks: off the event loop.
+            await anyio.to_thread.run_sync(check_webhook_url, request.webhook, allow)
+        except RefusedUrl as exc:
+            raise _problem(("body", "webhook"), str(exc)) from exc
+        events = request.webhook_events_filter
+        if events is not None and not events:
+            raise _problem(("body", "webhook_events_filter"), "name at least one event, or leave it out")
+        chosen = events if events is not None else list(DEFAULT_WEBHOOK_EVENTS)
+        options.webhook = request.webhook
+        options.webhook_events = ",".join(dict.fromkeys(chosen))
+    elif request.webhook_events_filter is not None:
+        raise _problem(("body", "webhook_events_filter"), "webhook_events_filter needs a webhook")
+    seconds: float | None = request.deadline_s
+    if cancel_after is not None:
+        if seconds is not None:
+            raise _problem(("header", "Cancel-After"), "give Cancel-After or deadline_s, not both")
+        try:
+            seconds = parse_duration(cancel_after)
+        except ValueError as exc:
+            raise _problem(("header", "Cancel-After"), str(exc)) from exc
+    if seconds is None:
+        seconds = settings.default_deadline_s
+    if seconds is not None:
+        options.deadline_at = time.time() + seconds
+    return options
+
+
 async def submit_job(
     request: JobCreate,
     uploads: Uploads,
@@ -73,6 +120,8 @@ async def submit_job(
     store: JobStore,
     enqueuer: Enqueuer,
     metrics: Metrics,
+    options: CallerOptions | None = None,
+    idempotency_value: str | None = None,
 ) -> JobRecord:
     """Validate, store, enqueue; raises HTTPException/RequestValidationError for every refusal."""
     params = job_params(
@@ -98,7 +147,7 @@ async def submit_job(
         await _checked_png(data, f"image_prompts[{i}]", "image_prompts", settings)
         for i, data in enumerate(uploads.image_prompts)
     ]
-    record = await store.create(params, owner, init_png, prompt_pngs)
+    record = await store.create(params, owner, init_png, prompt_pngs, options, idempotency_value)
     try:
         await enqueuer.enqueue(record.id, queue_for(record.model))
     except Exception as exc:  # any broker failure: the job must end visibly failed, not vanish
@@ -121,3 +170,50 @@ async def submit_job(
         record.iterations,
     )
     return record
+
+
+async def submit_once(
+    request: JobCreate,
+    uploads: Uploads,
+    *,
+    owner: str,
+    scope: str,
+    settings: Settings,
+    store: JobStore,
+    enqueuer: Enqueuer,
+    metrics: Metrics,
+    options: CallerOptions,
+    idempotency_key: str | None,
+    fingerprint_of: tuple[object, ...],
+) -> tuple[JobRecord, bool]:
+    """`submit_job` under an optional `Idempotency-Key`: the job, and whether it is an earlier request's.
+
+    `fingerprint_of` is what makes two requests the same on this route (besides the pictures).
+    """
+    reservation = None
+    if idempotency_key is not None:
+        digests = [idempotency.digest(uploads.init_image), *map(idempotency.digest, uploads.image_prompts)]
+        request_fingerprint = idempotency.fingerprint(*fingerprint_of, digests)
+        reservation = await idempotency.reserve(store, scope, idempotency_key, request_fingerprint)
+        if reservation.replay_of is not None:
+            earlier = await store.record(reservation.replay_of)
+            if earlier is not None:
+                return earlier, True
+        options.idempotency_key = reservation.redis_key
+    try:
+        record = await submit_job(
+            request,
+            uploads,
+            owner=owner,
+            settings=settings,
+            store=store,
+            enqueuer=enqueuer,
+            metrics=metrics,
+            options=options,
+            idempotency_value=reservation.fingerprint if reservation is not None else None,
+        )
+    except BaseException:
+        if reservation is not None:
+            await idempotency.release(store, reservation)  # refused: the same request may come again
+        raise
+    return record, False

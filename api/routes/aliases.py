@@ -16,12 +16,13 @@ from api.deps import (
     RateLimitDep,
     SettingsDep,
     StoreDep,
+    caller_scope,
 )
 from api.queue import Enqueuer
-from api.routes.jobs import json_response
+from api.routes.jobs import IdempotencyKeyHeader, json_response
 from api.schemas import Detail, JobCreate, JobView
 from api.store import JobStore, wait_terminal
-from api.submission import Uploads, submit_job
+from api.submission import Uploads, caller_options, submit_once
 from api.uploads import png_to_jpeg
 from api.validation import from_pydantic
 from shared.jobs import JobRecord, JobState
@@ -41,6 +42,10 @@ JobIdQuery = Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="de
 _PICTURE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "the final picture; the job id is in X-Job-Id"},
     202: {"model": JobView, "description": "with wait=false: the queued job"},
+    422: {
+        "model": Detail,
+        "description": "bad parameters, or an Idempotency-Key reused with another request",
+    },
     401: {"model": Detail},
     409: {"model": Detail, "description": "the job was canceled"},
     413: {"model": Detail},
@@ -76,21 +81,29 @@ async def _run(
     settings: Settings,
     store: JobStore,
     enqueuer: Enqueuer,
+    idempotency_key: str | None,
 ) -> Response:
-    record = await submit_job(
+    record, replay = await submit_once(
         create,
         uploads,
         owner=owner,
+        scope=caller_scope(request, owner),
         settings=settings,
         store=store,
         enqueuer=enqueuer,
         metrics=request.app.state.metrics,
+        options=await caller_options(create, None, settings),
+        idempotency_key=idempotency_key,
+        fingerprint_of=(request.url.path, create.model_dump(mode="json")),
     )
+    replayed = {"Idempotent-Replayed": "true"} if replay else {}
     if not wait:
         view = await store.view(record)
-        return json_response(view, 202, {"Location": view.links.self_, "X-Job-Id": record.id})
+        return json_response(view, 202, {"Location": view.links.self_, "X-Job-Id": record.id, **replayed})
     final = await wait_terminal(store, record.id, settings.blocking_timeout_s, request.is_disconnected)
-    return await _final_picture(store, record, final, settings)
+    response = await _final_picture(store, record, final, settings)
+    response.headers.update(replayed)
+    return response
 
 
 async def _final_picture(
@@ -136,10 +149,11 @@ async def generate_text2img(
     seed: Seed = None,
     model: Model = None,
     wait: Wait = True,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Paint from text and answer the picture as JPEG once done (the original API's service)."""
     create = _create(prompt, width, height, iterations, seed, model)
-    return await _run(request, create, Uploads(), wait, owner, settings, store, enqueuer)
+    return await _run(request, create, Uploads(), wait, owner, settings, store, enqueuer, idempotency_key)
 
 
 @router.post(
@@ -162,11 +176,12 @@ async def generate_textimg2img(
     seed: Seed = None,
     model: Model = None,
     wait: Wait = True,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Paint from text and a start picture; answers the picture as JPEG once done."""
     create = _create(prompt, width, height, iterations, seed, model)
     uploads = Uploads(init_image=await image.read())
-    return await _run(request, create, uploads, wait, owner, settings, store, enqueuer)
+    return await _run(request, create, uploads, wait, owner, settings, store, enqueuer, idempotency_key)
 
 
 async def _job_for(store: JobStore, owner: str, job_id: str | None) -> JobRecord:

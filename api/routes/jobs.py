@@ -16,10 +16,19 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from api.deps import EnqueuerDep, JobDep, MemoryGuardDep, OwnerDep, RateLimitDep, SettingsDep, StoreDep
-from api.schemas import Detail, JobCreate, JobList, JobView
-from api.store import JobStore, sse, view_of
-from api.submission import Uploads, base64_uploads, submit_job
+from api.deps import (
+    EnqueuerDep,
+    JobDep,
+    MemoryGuardDep,
+    OwnerDep,
+    RateLimitDep,
+    SettingsDep,
+    StoreDep,
+    caller_scope,
+)
+from api.schemas import DeliveryList, Detail, JobCreate, JobList, JobView
+from api.store import JobStore, links, sse, view_of, wait_terminal
+from api.submission import Uploads, base64_uploads, caller_options, submit_once
 from api.validation import from_pydantic, invalid
 from shared.images import timelapse_webp
 from shared.jobs import EventType, JobRecord, JobState
@@ -34,6 +43,8 @@ HEARTBEAT_S = 15.0
 # XREAD blocks in short slices, so a client that went away is noticed within one slice.
 _BLOCK_MS = 1000
 _FORM_FILES = ("init_image", "image_prompts")
+# `Prefer: wait=N` (RFC 7240, as Replicate uses it): the longest wait a request may ask for.
+MAX_PREFER_WAIT_S = 60
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Detail, "description": "API keys are on and none (or a wrong one) was given"},
@@ -69,6 +80,9 @@ _CREATE_BODY = {
                             for name in ("prompt", "model", "width", "height", "iterations", "cutn", "seed")
                         },
                         **{name: {"type": "string"} for name in ("cut_pow", "step_size", "init_weight")},
+                        "webhook": {"type": "string", "format": "uri"},
+                        "webhook_events_filter": {"type": "string", "description": "comma-separated events"},
+                        "deadline_s": {"type": "string"},
                         "init_image": {"type": "string", "format": "binary"},
                         "image_prompts": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
@@ -145,6 +159,57 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
     return create, uploads
 
 
+def prefer_wait(prefer: str | None) -> int | None:
+    """Seconds asked for by `Prefer: wait=N` (a bare `wait` is the most, 60); other preferences are
+    ignored, as RFC 7240 says. A wait that is not a whole number from 1 to 60 is a 422."""
+    if prefer is None:
+        return None
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return MAX_PREFER_WAIT_S
+        if not value.isdigit() or not 1 <= int(value) <= MAX_PREFER_WAIT_S:
+            raise invalid(
+                [
+                    {
+                        "loc": ("header", "Prefer"),
+                        "msg": f"wait must be a whole number of seconds from 1 to {MAX_PREFER_WAIT_S}",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        return int(value)
+    return None
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="repeat a submit safely: the same key with the same request returns the first job "
+        "(200, `Idempotent-Replayed: true`), with another request a 422; per API key, for 24 h",
+    ),
+]
+CancelAfterHeader = Annotated[
+    str | None,
+    Header(
+        alias="Cancel-After",
+        description="a deadline such as 30s, 5m or 1h30m: queued then, the job never starts; running, "
+        'it stops at its next iteration (`canceled`, `cancel_reason` "deadline")',
+    ),
+]
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        description="`wait=N` (N from 1 to 60; Replicate's convention): answer 201 with the final job "
+        "if it ends within N s, else 202 as usual"
+    ),
+]
+
+
 @router.post(
     "",
     status_code=202,
@@ -153,6 +218,13 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
     dependencies=[MemoryGuardDep, RateLimitDep],
     responses={
         **_ERRORS,
+        200: {
+            "model": JobView,
+            "description": "an `Idempotency-Key` repeated with the same request: the job it made, with "
+            "`Idempotent-Replayed: true`",
+        },
+        201: {"model": JobView, "description": "with `Prefer: wait=N`: the job ended within N s"},
+        409: {"model": Detail, "description": "a request with this Idempotency-Key is still being accepted"},
         413: {"model": Detail, "description": "an upload or the body is too large"},
         415: {"model": Detail},
         429: {"model": Detail, "description": "the queue is full or the rate limit hit; see Retry-After"},
@@ -164,21 +236,51 @@ async def read_create_request(request: Request, settings: Settings) -> tuple[Job
     },
 )
 async def create_job(
-    request: Request, settings: SettingsDep, store: StoreDep, enqueuer: EnqueuerDep, owner: OwnerDep
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    enqueuer: EnqueuerDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+    cancel_after: CancelAfterHeader = None,
+    prefer: PreferHeader = None,
 ) -> Response:
-    """Queue a painting job; answers 202 with the job and its URL in `Location`."""
+    """Queue a painting job; answers 202 with the job and its URL in `Location` (201 with the final job
+    under `Prefer: wait=N` when it ends in time; 200 for a repeated `Idempotency-Key`)."""
     create, uploads = await read_create_request(request, settings)
-    record = await submit_job(
+    wait_s = prefer_wait(prefer)
+    options = await caller_options(create, cancel_after, settings)
+    record, replayed = await submit_once(
         create,
         uploads,
         owner=owner,
+        scope=caller_scope(request, owner),
         settings=settings,
         store=store,
         enqueuer=enqueuer,
         metrics=request.app.state.metrics,
+        options=options,
+        idempotency_key=idempotency_key,
+        fingerprint_of=("POST /v1/jobs", create.model_dump(mode="json"), cancel_after),
     )
-    view = await store.view(record)
-    return json_response(view, 202, {"Location": view.links.self_})
+    return await _submitted(request, store, record, wait_s, replayed=replayed)
+
+
+async def _submitted(
+    request: Request, store: JobStore, record: JobRecord, wait_s: int | None, *, replayed: bool
+) -> Response:
+    """The answer to a submit: the job (final if it ended within `wait_s`), and the headers saying how."""
+    headers = {"Location": links(record.id).self_}
+    status = 202
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+        final = await wait_terminal(store, record.id, wait_s, request.is_disconnected)
+        if final is not None:
+            record, status = final, 201
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+        status = 200
+    return json_response(await store.view(record), status, headers)
 
 
 @router.get("", response_model=JobList, responses={401: _ERRORS[401]})
@@ -191,8 +293,9 @@ async def list_jobs(
     """The caller's jobs, newest first (with API keys off: everyone's)."""
     ids, total = await store.list_ids(owner, limit, offset)
     now = time.time()
+    records = [await store.enforce_deadline(record) for record in await store.records(ids)]
     # Positions in the queue are left out of the list: one ZRANK per job would make it slow.
-    jobs = [view_of(record, None, now) for record in await store.records(ids)]
+    jobs = [view_of(record, None, now) for record in records]
     return json_response(JobList(jobs=jobs, total=total, limit=limit, offset=offset))
 
 
@@ -308,6 +411,34 @@ async def cancel_job(record: JobDep, store: StoreDep) -> Response:
     await store.cancel(record)
     updated = await store.record(record.id) or record
     return json_response(await store.view(updated), 202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        204: {"description": "the job and everything of it are gone (a second DELETE answers 404)"},
+        409: {"model": Detail, "description": "the job's worker has not stopped yet; try again"},
+    },
+)
+async def delete_job(record: JobDep, store: StoreDep) -> Response:
+    """Remove a job: canceled first if unfinished, then its record, events, frames, result, time-lapse,
+    uploads and webhook deliveries, from Redis and from the result store."""
+    if not await store.delete(record):
+        raise HTTPException(
+            409,
+            detail="the job is still stopping on its worker; DELETE it again in a few seconds",
+            headers={"Retry-After": "5"},
+        )
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/deliveries", response_model=DeliveryList, responses=_ERRORS)
+async def read_deliveries(record: JobDep, store: StoreDep) -> Response:
+    """Every attempt to deliver this job's webhooks: event, webhook-id, status code, error, outcome."""
+    return json_response(DeliveryList(deliveries=await store.deliveries(record.id)))
 
 
 @router.get(

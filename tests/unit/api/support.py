@@ -25,12 +25,18 @@ class RecordingEnqueuer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.announced: list[tuple[str, str, str]] = []  # (job id, event, webhook id)
         self.fail = False
 
     async def enqueue(self, job_id: str, queue: str) -> None:
         if self.fail:
             raise ConnectionRefusedError("broker away")
         self.sent.append((job_id, queue))
+
+    def notify(self, job_id: str, event: str, webhook_id: str) -> None:
+        if self.fail:
+            raise ConnectionRefusedError("broker away")
+        self.announced.append((job_id, event, webhook_id))
 
     def close(self) -> None:
         pass
