@@ -139,6 +139,7 @@ class WebhookDelivery(BaseModel):
     outcome: str = Field(description="delivered, retrying, failed (the last attempt), refused or dropped")
     status_code: int | None = Field(description="the receiver's HTTP status; null when none came")
     error: str | None
+    worker: str | None = Field(description="the webhooks worker that made the attempt")
 
 
 class DeliveryList(BaseModel):

@@ -72,7 +72,6 @@ class Deliverer:
 
     client: Any
     settings: Settings
-    worker: str = "webhooks"
     post: Any = field(default=None)  # (parts, addresses, body, headers, timeout) -> Attempt; tests swap it
 
     @cached_property
@@ -88,7 +87,9 @@ class Deliverer:
         secret = self.settings.webhook_secret
         return Webhook(secret.get_secret_value()) if secret is not None else None
 
-    def deliver(self, job_id: str, event: str, webhook_id: str, task_id: str) -> float | None:
+    def deliver(
+        self, job_id: str, event: str, webhook_id: str, task_id: str, worker: str = "webhooks"
+    ) -> float | None:
         """Make one attempt of one event; seconds until the next attempt, or None when done with it."""
         keys, settings = self.keys, self.settings
         raw = self.client.hgetall(keys.job(job_id))
@@ -138,7 +139,7 @@ class Deliverer:
             "outcome": outcome,
             "status_code": result.status_code,
             "error": result.error,
-            "worker": self.worker,
+            "worker": worker,
         }
         recorded = self.client.eval(
             RECORD_WEBHOOK_ATTEMPT, 4, keys.job(job_id), keys.webhooks(job_id), keys.deliveries(job_id),
@@ -314,13 +315,16 @@ def _deliverer() -> Deliverer:
     client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=10, health_check_interval=10, retry_on_timeout=True
     )
-    return Deliverer(client, settings, worker=f"webhooks@{socket.gethostname()}")
+    return Deliverer(client, settings)
 
 
 @app.task(name=TASK_DELIVER_WEBHOOK, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def deliver_webhook(self: Any, job_id: str, event: str, webhook_id: str) -> None:
     """One attempt; a failed one comes back as a retry of this same task (same id, same webhook-id)."""
-    delay = _deliverer().deliver(job_id, event, webhook_id, self.request.id or webhook_id)
+    request = self.request
+    delay = _deliverer().deliver(
+        job_id, event, webhook_id, request.id or webhook_id, request.hostname or "webhooks"
+    )
     if delay is not None:
         raise self.retry(countdown=delay, max_retries=None)
 

@@ -134,9 +134,26 @@ class LocalStack:
             wait_for(healthy, 60, "the API to answer /healthz", interval_s=0.1)
         return url
 
+    def start_webhooks(self, name: str = "webhooks", *, wait: bool = True, **settings: str) -> Proc:
+        """Start an `artgen webhooks` (webhook deliveries, deadlines, result sweeps); with `wait`, until
+        it takes tasks."""
+        hostname = f"{name}@{self._domain}"
+        proc = self.spawn(name, ["webhooks", "--hostname", hostname], **settings)
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise StartupError(f"the webhooks worker exited at start:\n{proc.log_tail()}")
+            return proc.log_path is None or f"{hostname} ready" in proc.log_tail(50_000)
+
+        if wait:
+            wait_for(ready, 60, "the webhooks worker to be ready", interval_s=0.1)
+        return proc
+
     def up(self, *, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 180.0) -> str:
-        """Start one worker (one pool slot) and one API together; the API's URL once /readyz says ready."""
+        """Start one worker (one pool slot), the webhooks worker and one API together; the API's URL once
+        /readyz says ready."""
         self.start_worker("worker", wait=False)
+        self.start_webhooks(wait=False)
         url = self.start_api(host=host, port=port, wait=False)
         self.wait_ready(url, timeout_s)
         return url

@@ -26,7 +26,7 @@ from shared.settings import get_settings
     help="Where the local Redis keeps its append-only file.",
 )
 def up(host: str | None, port: int | None, model: str | None, data_dir: Path) -> None:
-    """Start Redis, one worker and the API; print the URL; Ctrl-C stops all three."""
+    """Start Redis, one worker, the webhooks worker and the API; print the URL; Ctrl-C stops them all."""
     # Flags become ARTGEN_* variables: this process and the ones it starts then read the same settings.
     for variable, value in (("ARTGEN_HOST", host), ("ARTGEN_PORT", port), ("ARTGEN_MODEL", model)):
         if value:
