@@ -8,11 +8,13 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
@@ -25,6 +27,7 @@ from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs
+from api.schemas import JobCreate
 from api.store import JobStore, ResultStoreUnavailable
 from shared.keys import Keys
 from shared.params import MAX_IMAGE_PROMPTS
@@ -107,6 +110,7 @@ def create_app(
         lifespan=lifespan,
         max_body_size=body_limit(settings),
     )
+    app.openapi = lambda: _openapi_with_request_bodies(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.api_keys = ApiKeys(settings)
     app.state.metrics = Metrics()
@@ -195,6 +199,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for error in exc.errors()
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus `JobCreate`, which `POST /v1/jobs` reads by hand (JSON or a form) and so
+    names only by reference."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        models = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        models.update(body.pop("$defs", {}))
+        models["JobCreate"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def app_factory() -> FastAPI:

@@ -72,3 +72,19 @@ def test_job_defaults_are_unset_unless_given() -> None:
     settings = Settings(_env_file=None)
     assert (settings.default_size, settings.default_iterations, settings.default_cutn) == (None, None, None)
     assert Settings(_env_file=None, default_size=64).default_size == 64
+
+
+def test_the_webhook_secret_is_a_standard_webhooks_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    good = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    monkeypatch.setenv("ARTGEN_WEBHOOK_SECRET", good)
+    monkeypatch.setenv("ARTGEN_WEBHOOK_ALLOW_HOSTS", "127.0.0.1, receiver.internal,10.0.0.0/8")
+    settings = Settings(_env_file=None)
+    assert settings.webhook_secret is not None and settings.webhook_secret.get_secret_value() == good
+    assert settings.webhook_allow_hosts == ["127.0.0.1", "receiver.internal", "10.0.0.0/8"]
+    assert good not in repr(settings)
+    for bad in ("secret", base64.b64encode(b"k" * 32).decode(), "whsec_not*base64", "whsec_" + "a" * 8):
+        monkeypatch.setenv("ARTGEN_WEBHOOK_SECRET", bad)
+        with pytest.raises(ValidationError, match="ARTGEN_WEBHOOK_SECRET"):
+            Settings(_env_file=None)
