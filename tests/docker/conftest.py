@@ -8,6 +8,7 @@ Measured figures go to test-artifacts/docker-figures.json.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -178,6 +179,8 @@ def stack_settings(index_url: str, env_file: Path) -> dict[str, str]:
         ARTGEN_TEST_ENV_FILE=str(env_file),
         # Artgen settings reach the containers through env_file, as production's .env does.
         ARTGEN_CHECKPOINT_EVERY="5",
+        ARTGEN_WEBHOOK_SECRET="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        ARTGEN_WEBHOOK_ALLOW_HOSTS="api",
     )
     return settings
 

@@ -114,15 +114,15 @@ def test_torch_variant_selects_the_index(images: Stack, variant: str) -> None:
 
 def test_every_service_is_healthy(stack: Stack) -> None:
     states = {s["Service"]: s for s in stack.services()}
-    assert set(states) == {"redis", "minio", "buckets", "api", "worker", "flower"}
-    for name in ("redis", "minio", "api", "worker", "flower"):
+    assert set(states) == {"redis", "minio", "buckets", "api", "worker", "flower", "webhooks"}
+    for name in ("redis", "minio", "api", "worker", "flower", "webhooks"):
         assert states[name]["State"] == "running" and states[name]["Health"] == "healthy", states[name]
     assert states["buckets"]["State"] == "exited" and states["buckets"]["ExitCode"] == 0
     ready = httpx.get(f"{stack.api_url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
 
 
-@pytest.mark.parametrize("service", ["api", "flower", "worker"])
+@pytest.mark.parametrize("service", ["api", "flower", "worker", "webhooks"])
 def test_artgen_containers_run_as_10001(stack: Stack, service: str) -> None:
     container = stack.container(service)
     ids = run(["docker", "exec", container, "sh", "-c", "id -u; id -g"]).stdout.split()
@@ -134,12 +134,34 @@ def test_artgen_containers_run_as_10001(stack: Stack, service: str) -> None:
     assert top and all(line.split()[1] == "10001" for line in top), top
 
 
-@pytest.mark.parametrize("service", ["api", "flower"])
+@pytest.mark.parametrize("service", ["api", "flower", "webhooks"])
 def test_api_and_flower_root_filesystems_are_read_only(stack: Stack, service: str) -> None:
     assert stack.inspect(service)["HostConfig"]["ReadonlyRootfs"] is True
     denied = run(["docker", "exec", stack.container(service), "touch", "/home/artgen/x"], check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
     assert run(["docker", "exec", stack.container(service), "touch", "/tmp/x"]).returncode == 0  # tmpfs
+
+
+def test_the_webhooks_container_delivers_a_signed_post(stack: Stack) -> None:
+    # The receiver is the API container itself (allowed by name in the test's .env): POST /healthz
+    # answers 405, which the webhooks container records as the attempt's status.
+    with stack.http() as http:
+        body = {
+            **JOB,
+            "iterations": 4,
+            "webhook": "http://api:8000/healthz",
+            "webhook_events_filter": ["completed"],
+        }
+        job = http.post("/v1/jobs", json=body)
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        wait_for(lambda: view(http, job_id)["status"] in TERMINAL, 300, "the job to end", interval_s=0.2)
+        attempts = wait_for(
+            lambda: http.get(f"/v1/jobs/{job_id}/deliveries").json()["deliveries"], 60, "an attempt"
+        )
+    first = attempts[0]
+    assert first["webhook_id"] == f"msg_{job_id}_completed" and first["status_code"] == 405, first
+    assert first["worker"] == f"webhooks@{stack.inspect('webhooks')['Config']['Hostname']}"
 
 
 def test_a_job_paints_from_start_to_end_in_the_worker_container(stack: Stack) -> None:

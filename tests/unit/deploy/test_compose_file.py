@@ -12,9 +12,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 COMPOSE = REPO / "docker-compose.yml"
-LONG_RUNNING = ["redis", "minio", "api", "worker", "worker-gpu0", "worker-gpu1", "flower"]
+LONG_RUNNING = ["redis", "minio", "api", "worker", "worker-gpu0", "worker-gpu1", "flower", "webhooks"]
 WORKERS = ["worker", "worker-gpu0", "worker-gpu1"]
-ARTGEN_SERVICES = ["api", "flower", *WORKERS]
+ARTGEN_SERVICES = ["api", "flower", "webhooks", *WORKERS]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def test_long_running_services_have_healthchecks(services: dict[str, Any], name:
         ("worker-gpu0", {"redis": "service_healthy", "buckets": "service_completed_successfully"}),
         ("worker-gpu1", {"redis": "service_healthy", "buckets": "service_completed_successfully"}),
         ("flower", {"redis": "service_healthy"}),
+        ("webhooks", {"redis": "service_healthy"}),
         ("buckets", {"minio": "service_healthy"}),
     ],
 )
@@ -148,6 +149,17 @@ def test_flower_needs_credentials_from_the_environment(services: dict[str, Any])
         # Required (`:?`), never a default (`:-`) and never a literal.
         assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), env[name]
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"]), "Flower is local only"
+
+
+def test_webhooks_run_torch_free_and_check_their_own_consumer(services: dict[str, Any]) -> None:
+    webhooks = services["webhooks"]
+    assert webhooks["build"]["dockerfile"] == "Dockerfile.api", "the API image: no torch"
+    command = _command(webhooks)
+    assert command[:2] == ["artgen", "webhooks"]
+    assert command[command.index("--hostname") + 1] == "webhooks@%h"
+    health = _joined(webhooks["healthcheck"], "test")
+    assert "-A api.webhooks inspect ping" in health and '--destination "webhooks@$$HOSTNAME"' in health
+    assert webhooks["read_only"] is True and "deploy" not in webhooks, "no GPU"
 
 
 def test_result_store_is_minio_on_a_volume(services: dict[str, Any], compose: dict[str, Any]) -> None:
