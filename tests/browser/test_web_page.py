@@ -271,11 +271,11 @@ def test_reopen_from_address_and_gallery(page: Page, browser: Browser, page_url:
     second = submit(page)
     assert wait_finished(page) == "succeeded"
     entry = page.locator("#gallery li", has_text="a white circle on a black background").first
-    entry.get_by_role("button").click()
+    entry.get_by_role("button", name=re.compile(r"^Open")).click()
     page.wait_for_function(f"location.hash === '#job={job_id}'")
     expect(page.locator("#picture")).to_have_attribute("data-kind", "result")
     expect(page.locator("#params-list")).to_contain_text(str(seed))
-    expect(entry.get_by_role("button")).to_have_attribute("aria-current", "true")
+    expect(entry.get_by_role("button", name=re.compile(r"^Open"))).to_have_attribute("aria-current", "true")
     ids = page.locator("#gallery li").evaluate_all("items => items.map(li => li.dataset.id)")
     assert ids.index(second) < ids.index(job_id), "the gallery is not newest first"
 
@@ -287,6 +287,38 @@ def test_reopen_from_address_and_gallery(page: Page, browser: Browser, page_url:
     repeat = job_view(page_url, again)
     assert (repeat["seed"], repeat["prompt"]) == (seed, "a white circle on a black background")
     shot(page, "repainted")
+
+
+def test_delete_from_the_gallery(page: Page, page_url: str, browser_stack: Stack, shot: Shot) -> None:
+    fill_job(page, "a red circle on a blue background", size=64, iterations=10)
+    kept = submit(page)
+    assert wait_finished(page) == "succeeded"
+    fill_job(page, "a white circle on a black background", size=64, iterations=10)
+    job_id = submit(page)
+    assert wait_finished(page) == "succeeded"
+    entry = page.locator(f"#gallery li[data-id='{job_id}']")
+    expect(entry.locator("img")).to_be_visible()
+    delete = entry.get_by_role("button", name="Delete “a white circle on a black background”")
+
+    # Dismissing the confirmation keeps it.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete.click()
+    expect(entry).to_have_count(1)
+    assert httpx.get(f"{page_url}/v1/jobs/{job_id}", timeout=10).status_code == 200
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete.click()
+    expect(entry).to_have_count(0)
+    expect(page.locator("#job-status")).to_have_text("That painting was deleted.")
+    assert page.evaluate("location.hash") == ""
+    shot(page, "deleted")
+    assert httpx.get(f"{page_url}/v1/jobs/{job_id}", timeout=10).status_code == 404
+    assert list(browser_stack.client.scan_iter(match=f"*{job_id}*")) == []
+    results = browser_stack.root / "results"
+    assert not (results / job_id).exists() and (results / kept).exists()
+    page.reload()
+    expect(page.locator(f"#gallery li[data-id='{kept}']")).to_have_count(1)
+    expect(page.locator(f"#gallery li[data-id='{job_id}']")).to_have_count(0)
 
 
 def test_phone_width_and_keyboard(browser: Browser, page_url: str, shot: Shot) -> None:

@@ -10,7 +10,7 @@ const GALLERY_REFRESH_MS = 3000;
 const GALLERY_RETRY_MS = 10_000; // after a failed refresh
 
 let ui = null;
-let hooks = null; // {currentId(), open(job), failed(error, context), reveal()}
+let hooks = null; // {currentId(), open(job), failed(error, context), deleted(id), reveal()}
 const state = {
   timer: null,
   thumbs: new Map(), // job id -> {key, url}
@@ -87,8 +87,13 @@ function galleryItem(job) {
   const when = document.createElement("span");
   meta.append(badge, when);
   button.append(image, prompt, meta);
-  li.append(button);
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "thumb-delete";
+  remove.textContent = "Delete";
+  li.append(button, remove);
   button.addEventListener("click", () => openFromGallery(li.dataset.id));
+  remove.addEventListener("click", () => deleteFromGallery(li));
   return li;
 }
 
@@ -102,6 +107,7 @@ function updateGalleryItem(li, job) {
   badge.textContent = job.status;
   when.textContent = formatAgo(job.created_at);
   button.setAttribute("aria-label", `Open “${shortPrompt(job.prompt)}”, ${job.status}, ${job.width} × ${job.height}`);
+  li.lastElementChild.setAttribute("aria-label", `Delete “${shortPrompt(job.prompt)}”`);
   const key = job.status === "succeeded" ? "result" : job.status === "queued" ? "none" : `frame-${job.status}-${job.iteration}`;
   const thumb = state.thumbs.get(job.id);
   if (thumb && thumb.key === key) return;
@@ -140,6 +146,29 @@ async function loadThumb(job, key, box) {
   }
   img.src = url;
   img.alt = `${job.status === "succeeded" ? "Painting" : "Last frame"} of “${shortPrompt(job.prompt)}”`;
+}
+
+/** Deletes a painting for good (DELETE /v1/jobs/{id}: record, frames, result, time-lapse, uploads). */
+async function deleteFromGallery(li) {
+  const id = li.dataset.id;
+  const what = li.job ? `“${shortPrompt(li.job.prompt)}”` : "this painting";
+  if (!window.confirm(`Delete ${what} and everything kept of it? This cannot be undone.`)) return;
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+  } catch (error) {
+    if (error.status !== 404) {
+      showError(ui.galleryError, error, "Could not delete that painting.");
+      return;
+    }
+  }
+  hideError(ui.galleryError);
+  hooks.deleted(id);
+  li.remove();
+  const thumb = state.thumbs.get(id);
+  if (thumb && thumb.url) URL.revokeObjectURL(thumb.url);
+  state.thumbs.delete(id);
+  ui.galleryEmpty.hidden = ui.gallery.children.length > 0;
+  refreshGallery();
 }
 
 async function openFromGallery(id) {

@@ -10,7 +10,7 @@ import { api } from "./api.js";
 import { elements, hideError, showError } from "./dom.js";
 import { applyConfig, paintAgain, setupForm } from "./form.js";
 import { markCurrentInGallery, refreshGallery, setupGallery } from "./gallery.js";
-import { currentJobId, openJob, revealCanvas, setupCanvas, showJobError } from "./view.js";
+import { currentJobId, forgetJob, openJob, revealCanvas, setupCanvas, showJobError } from "./view.js";
 
 const NARROW = "(max-width: 860px)"; // style.css's one-column layout: the canvas is below the form
 
@@ -52,6 +52,7 @@ function init() {
     currentId: currentJobId,
     open: openJob,
     failed: showJobError,
+    deleted: forgetJob,
     reveal: () => revealCanvas({ behavior: "smooth", block: "start" }),
   });
 

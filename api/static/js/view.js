@@ -52,6 +52,20 @@ export function showJobError(error, context) {
   showError(ui.jobError, error, context);
 }
 
+/** The job with this id was deleted: if it is on show, stop following it and empty the canvas. */
+export function forgetJob(id) {
+  if (!state.job || state.job.id !== id) return;
+  if (state.watch) state.watch.close();
+  state.watch = null;
+  resetCanvas(state.job);
+  state.job = null;
+  ui.progressBlock.hidden = true;
+  ui.cancel.hidden = true;
+  ui.badge.hidden = true;
+  ui.status.textContent = "That painting was deleted.";
+  history.replaceState(null, "", location.pathname);
+}
+
 export function revealCanvas(options) {
   ui.stage.scrollIntoView(options);
 }
@@ -187,7 +201,10 @@ const STATUS_TEXT = {
   running: (job) => (job.iteration ? "Painting: the picture sharpens as it goes." : "Starting to paint…"),
   succeeded: (job) => (job.run_s ? `Finished in ${formatDuration(job.run_s)}.` : "Finished."),
   failed: () => "The painting failed.",
-  canceled: (job) => `Canceled at iteration ${job.iteration} of ${job.iterations}.`,
+  canceled: (job) =>
+    job.cancel_reason === "deadline"
+      ? `Stopped at its deadline, at iteration ${job.iteration} of ${job.iterations}.`
+      : `Canceled at iteration ${job.iteration} of ${job.iterations}.`,
 };
 
 function render() {
