@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from launch.processes import free_port
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import REPO, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -396,3 +397,41 @@ def test_delete_of_a_running_job_stops_it_and_nothing_comes_back(http: httpx.Cli
     follow = submit(http).json()
     assert wait_until_done(http, follow["id"])["status"] == "succeeded"
     assert _traces(stack, job["id"]) == ([], [])
+
+
+# --- the README's client and receiver, as written ---------------------------------------------------
+
+
+def readme_program(name: str) -> dict[str, Any]:
+    """Run the README's ```python block that starts with `# <name>` as a module; its namespace."""
+    text = (REPO / "README.md").read_text()
+    (source,) = [
+        b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if b.startswith(f"# {name}\n")
+    ]
+    namespace: dict[str, Any] = {"__name__": name.removesuffix(".py")}
+    exec(compile(source, name, "exec"), namespace)
+    return namespace
+
+
+def test_the_readme_client_and_receiver_work_as_written(
+    http: httpx.Client, api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    monkeypatch.setenv("ARTGEN_URL", api_url)
+    monkeypatch.setenv("ARTGEN_WEBHOOK_SECRET", SECRET)
+    receiver = readme_program("artgen_receiver.py")
+    client = readme_program("artgen_client.py")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(receiver["app"], host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "the README's receiver")
+        job = client["paint"]("a red circle", f"http://127.0.0.1:{port}/artgen")
+        assert job["status"] in TERMINAL | {"queued", "running"} and job["webhook"].endswith("/artgen")
+        wait_for(lambda: f"msg_{job['id']}_completed" in receiver["handled"], 120, "the completed event")
+        assert deliveries(http, job["id"])[-1]["status_code"] == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
