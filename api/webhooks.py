@@ -143,7 +143,7 @@ class Deliverer:
         }
         recorded = self.client.eval(
             RECORD_WEBHOOK_ATTEMPT, 4, keys.job(job_id), keys.webhooks(job_id), keys.deliveries(job_id),
-            keys.stats(), f"{webhook_id}:status", json.dumps(entry), status, settings.job_ttl_s,
+            keys.stats(), webhook_id, json.dumps(entry), status, settings.job_ttl_s,
             webhook_field(outcome),
         )  # fmt: skip
         if int(recorded) > 0:

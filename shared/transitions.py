@@ -85,14 +85,19 @@ return {attempt, redis.call('HGET', KEYS[2], field .. 'body'), 'pending'}
 
 # One webhook delivery attempt, recorded only while the job exists (a deleted job keeps no trace), and an
 # event marked delivered at most once. KEYS: the job hash, its webhooks hash, its deliveries list, the
-# stats hash. ARGV: status field, the attempt as JSON, new status ('' = unchanged), TTL, stats field.
-# Returns -1 when the job is gone, 0 when the event was already delivered, else 1.
+# stats hash. ARGV: webhook id, the attempt as JSON, new status ('' = unchanged), TTL, stats field.
+# A final status drops the body kept for retries. Returns -1 when the job is gone, 0 when the event was
+# already delivered, else 1.
 RECORD_WEBHOOK_ATTEMPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if ARGV[3] == 'delivered' and redis.call('HGET', KEYS[2], ARGV[1]) == 'delivered' then return 0 end
+local field = ARGV[1] .. ':'
+if ARGV[3] == 'delivered' and redis.call('HGET', KEYS[2], field .. 'status') == 'delivered' then return 0 end
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], field .. 'status', ARGV[3])
+  redis.call('HDEL', KEYS[2], field .. 'body')
+end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 return 1

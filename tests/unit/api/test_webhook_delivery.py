@@ -275,3 +275,12 @@ def test_the_chores_cancel_queued_jobs_past_their_deadline(
     Chores(settings, client, lambda *args: announced.append(args)).run_once()
     assert client.hget(KEYS.job(record.id), "cancel_reason") == b"deadline"
     assert announced == [(record.id, "completed", f"msg_{record.id}_completed")]
+
+
+def test_a_finished_event_keeps_its_state_but_not_its_body(
+    client: fakeredis.FakeRedis, settings: Settings
+) -> None:
+    record = a_job(client)
+    Deliverer(client, settings, post=FakeNetwork()).deliver(record.id, "start", "msg_z", "t")
+    kept = {k.decode(): v.decode() for k, v in client.hgetall(KEYS.webhooks(record.id)).items()}
+    assert kept == {"msg_z:status": "delivered", "msg_z:task": "t", "msg_z:attempts": "1"}
