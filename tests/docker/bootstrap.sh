@@ -25,8 +25,16 @@ fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd (log: $CACHE/dockerd.log)"
   # No iptables here; containers talk over compose's own bridge networks, published ports go through
-  # docker-proxy on loopback. setsid: the engine outlives this script and the test run.
-  setsid dockerd --iptables=false --bridge=none >>"$CACHE/dockerd.log" 2>&1 < /dev/null &
+  # docker-proxy on loopback. setsid: the engine outlives this script and the test run. Descriptors above
+  # 2 are closed first: one of them is `flock /tmp/artgen-docker.lock`'s, and an engine holding it would
+  # keep that lock taken for as long as it runs.
+  (
+    for fd in /proc/self/fd/*; do
+      n=${fd##*/}
+      if [ "$n" -gt 2 ]; then eval "exec $n>&-" 2>/dev/null || true; fi
+    done
+    exec setsid dockerd --iptables=false --bridge=none >>"$CACHE/dockerd.log" 2>&1 < /dev/null
+  ) &
   for _ in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -20 "$CACHE/dockerd.log" >&2; log "dockerd did not start"; exit 1; }
 fi
