@@ -39,7 +39,7 @@ def _on_cpu(resolved: ResolvedOptions) -> ResolvedOptions:
 
 def _painter(models: LoadedModels, options: EngineOptions | ResolvedOptions, steps: int = 6) -> Painter:
     config = GenerationConfig("a red fox|blue:0.5", width=32, height=32, iterations=steps, cutn=4, seed=5)
-    return Painter(models, config, options)  # type: ignore[arg-type]
+    return Painter(models, config, options)
 
 
 def _losses(painter: Painter) -> list[float]:
