@@ -340,7 +340,7 @@ class EngineRuntime:
             fn = self._compiled[name] = torch.compile(eager, dynamic=False)
         try:
             return fn(x)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # the older name of torch.OutOfMemoryError; both torches have it
             raise  # the device is full, compiled or not: not a reason to stop compiling
         except Exception as error:  # any compiler failure (no C++ toolchain, unsupported op): run eager
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""

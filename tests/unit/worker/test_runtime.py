@@ -204,3 +204,15 @@ def test_a_failed_compile_falls_back_to_eager_and_says_so(caplog: pytest.LogCapt
         runtime.decode(z_q)
     assert set(runtime._compiled) == {"clip"}
     assert [r.getMessage() for r in caplog.records if r.name == "worker.runtime"] == ours
+
+
+@pytest.mark.slow
+def test_running_out_of_device_memory_is_not_taken_for_a_compile_failure() -> None:
+    runtime = engine_runtime(build_random("tiny", "cpu", seed=TINY_SEED), FP32_COMPILED)
+
+    def full(x: torch.Tensor) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        runtime._maybe_compiled("full", full, torch.ones(2))
+    assert runtime.compile_error is None and "compile on" in runtime.describe()
