@@ -469,27 +469,24 @@ def stage_flops(
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    facts: dict[str, Any] = {
+    """The machine's facts; the same keys on a GPU and a CPU (None where a CPU has no such fact)."""
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    return {
         "device": str(device),
+        "name": props.name if props else f"{platform.machine()} CPU",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
+        "capability": f"{props.major}.{props.minor}" if props else None,
+        "memory_gib": round(props.total_memory / 2**30, 1) if props else None,
+        "multiprocessors": props.multi_processor_count if props else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        # whether fp32 ("all off") matmuls and convolutions may run as TF32 (torch: no and yes by default)
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32 if cuda else None,
     }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        facts.update(
-            name=props.name,
-            capability=f"{props.major}.{props.minor}",
-            memory_gib=round(props.total_memory / 2**30, 1),
-            multiprocessors=props.multi_processor_count,
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            tf32_cudnn=torch.backends.cudnn.allow_tf32,
-        )
-    else:
-        facts.update(name=f"{platform.machine()} CPU", capability=None, memory_gib=None)
-    return facts
 
 
 def targets(result: dict[str, Any], dry_run: bool) -> list[dict[str, Any]]:
@@ -594,9 +591,11 @@ def run(cfg: RunConfig, dry_run: bool, prefix: Path, only: tuple[str, ...]) -> d
         log.error("the run is over its budget; stopping with what it measured")
         os._exit(3)
 
+    # Only the device's lease cuts a command short; a dry run's stages keep their budgets, and that is all.
     watchdog = threading.Timer(cfg.total_budget_s + WATCHDOG_GRACE_S, overstayed)
     watchdog.daemon = True
-    watchdog.start()
+    if not dry_run:
+        watchdog.start()
 
     models = state.stage(
         "setup",

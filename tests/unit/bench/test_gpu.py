@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.gpu import DRY, STAGES, WATCHDOG_GRACE_S, Deadline, peak_tflops, stage_cuda_tests, targets
+from bench.gpu import DRY, STAGES, Deadline, peak_tflops, stage_cuda_tests, targets
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "bench" / "gpu-dry-run.json"
@@ -54,8 +54,6 @@ def test_the_dry_run_runs_every_stage_and_keeps_the_committed_schema(
     assert result["dry_run"] and result["status"] == "complete"
     assert list(result["stages"]) == ["setup", *STAGES]
     assert all(s["status"] in ("ok", "over budget") and s["error"] is None for s in result["stages"].values())
-    # The watchdog stops a run past its budget and grace: finishing at all says it stayed under that.
-    assert result["elapsed_s"] < DRY.total_budget_s + WATCHDOG_GRACE_S
     stages = {name: s["result"] for name, s in result["stages"].items()}
     tests = stages["cuda_tests"]
     assert tests["failed"] == 0 and tests["passed"] >= 7, tests
