@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test test-unit test-integration test-browser test-docker lint bench clean
+.PHONY: install system-deps run test test-unit test-integration test-browser test-docker lint bench clean \
+	bench-gpu-wheels bench-gpu bench-gpu-dry-run
 
 install: $(STAMP)
 
@@ -62,6 +63,28 @@ lint: install
 
 bench: install
 	$(PY) bench/engine.py --model imagenet-16384 --random-weights --size 64 --cutn 8 --iterations 5
+
+# The GPU run (BENCHMARKS.md, "GPU"). Here: the wheels the GPU machine lacks, for its Python 3.12, into
+# .whl/ (git ignores it; it travels with the working tree). There: `make bench-gpu` installs them beside
+# that machine's own torch and runs every stage of bench/gpu.py within 8 minutes, writing
+# $(BENCH_GPU_OUT)/gpu.json, gpu.md and gpu-tests.log.
+WHEELS := .whl
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/artgen-gpu-site
+BENCH_GPU_OUT ?= bench
+
+bench-gpu-wheels: install
+	$(PY) bench/gpu_wheels.py --dest $(WHEELS)
+
+# No venv and no `install` there: nothing can be downloaded on that machine.
+bench-gpu:
+	test -n "$$(ls $(WHEELS)/*.whl 2>/dev/null)" || { echo "no wheels in $(WHEELS)/: run make bench-gpu-wheels here and carry $(WHEELS)"; exit 2; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu.py --out-prefix $(BENCH_GPU_OUT)/gpu
+
+# Every stage on this CPU with the tiny preset (under 3 minutes): bench/gpu-dry-run.json and .md.
+bench-gpu-dry-run: install
+	$(PY) bench/gpu.py --dry-run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Shape = tuple[str, int, int]  # model, width, height
+
+
+class CudaMemoryApi(Protocol):
+    """The caching allocator's readings that `DeviceMemory` uses: `torch.cuda` itself, or in tests a
+    simulated card (no test needs a GPU, and none patches `torch.cuda`)."""
+
+    def memory_allocated(self, device: torch.device) -> int: ...
+
+    def max_memory_allocated(self, device: torch.device) -> int: ...
+
+    def reset_peak_memory_stats(self, device: torch.device) -> None: ...
+
+    def mem_get_info(self, device: torch.device) -> tuple[int, int]: ...
 
 
 def _read_meminfo_available() -> int:
@@ -40,38 +53,38 @@ def _rss() -> int:
 class DeviceMemory:
     """Reads of one device's memory: bytes in use by this process, its peak since `reset`, and the limit.
 
-    On CUDA: the caching allocator's allocated bytes and peak, and the card's total memory. On CPU: the
-    process's resident set (it also stands for the peak: freed activations mostly stay resident) and the
-    resident set plus what the system still has available.
+    On CUDA: the caching allocator's allocated bytes and peak, and the card's total memory, read through
+    `cuda` (None: `torch.cuda`). On CPU: the process's resident set (it also stands for the peak: freed
+    activations mostly stay resident) and the resident set plus what the system still has available.
     """
 
     device: torch.device
+    cuda: CudaMemoryApi | None = None
+
+    def _cuda(self) -> CudaMemoryApi:
+        if self.cuda is not None:
+            return self.cuda
+        import torch
+
+        return torch.cuda
 
     def reset(self) -> None:
         if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda().reset_peak_memory_stats(self.device)
 
     def in_use(self) -> int:
         if self.device.type == "cuda":
-            import torch
-
-            return int(torch.cuda.memory_allocated(self.device))
+            return int(self._cuda().memory_allocated(self.device))
         return _rss()
 
     def peak(self) -> int:
         if self.device.type == "cuda":
-            import torch
-
-            return int(torch.cuda.max_memory_allocated(self.device))
+            return int(self._cuda().max_memory_allocated(self.device))
         return _rss()
 
     def limit(self) -> int:
         if self.device.type == "cuda":
-            import torch
-
-            return int(torch.cuda.mem_get_info(self.device)[1])
+            return int(self._cuda().mem_get_info(self.device)[1])
         return _rss() + _read_meminfo_available()
 
 

@@ -37,16 +37,20 @@ def worker(
     settings = get_settings()
 
     from worker.celery_app import served_models
+    from worker.cli import BadInput
     from worker.models import PRESETS, resolve_device, weights_present
+    from worker.runtime import EngineOptions
 
+    # Settings this machine cannot honour are bad input (exit 2), refused before the worker takes a job.
     try:
         models = served_models(settings)
-        resolve_device(settings.device)
+        # The device, and the engine options it must honour (fp16 on a CPU, say).
+        EngineOptions.from_settings(settings).resolve(resolve_device(settings.device))
     except (RuntimeError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     for name in models:
         if name not in PRESETS:
-            raise click.ClickException(f"unknown model {name!r}; known: {', '.join(sorted(PRESETS))}")
+            raise BadInput(f"unknown model {name!r}; known: {', '.join(sorted(PRESETS))}")
         if not weights_present(name, settings.models_dir):
             raise click.ClickException(
                 f"weights for {name!r} are missing from {settings.models_dir}; "

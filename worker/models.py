@@ -349,8 +349,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else f"torch {torch.__version__} finds no GPU (no driver or device, or CUDA_VISIBLE_DEVICES)"
+            )
             raise RuntimeError(
-                "device 'cuda' requested but CUDA is not available here; use --device cpu or auto"
+                f"device {device!r} requested but CUDA is not available here: {why}; "
+                "use --device cpu or auto (ARTGEN_DEVICE)"
             )
         return torch.device(device)
     if device == "cpu":

@@ -77,14 +77,20 @@ class EngineOptions:
             cudnn_benchmark=settings.engine_cudnn_benchmark,
         )
 
-    def resolve(self, device: torch.device) -> ResolvedOptions:
-        """Concrete choices for `device`; an explicit request the device cannot honour is an error."""
+    def resolve(self, device: torch.device, native_bf16: bool | None = None) -> ResolvedOptions:
+        """Concrete choices for `device`; an explicit request the device cannot honour is an error.
+
+        `native_bf16`: whether the device computes bf16 in hardware; None asks the device. The tests pass it
+        to resolve for a CUDA device this machine does not have (an H100, a T4) and run the result here.
+        """
         cuda = device.type == "cuda"
+        if native_bf16 is None:
+            native_bf16 = cuda_has_native_bf16(device) if cuda else cpu_has_native_bf16()
         if self.precision == "auto":
             if cuda:
-                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                dtype = torch.bfloat16 if native_bf16 else torch.float16
             else:
-                dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+                dtype = torch.bfloat16 if native_bf16 else torch.float32
         else:
             dtype = _DTYPES[self.precision]
         if dtype == torch.float16 and not cuda:
@@ -98,6 +104,9 @@ class EngineOptions:
             weight_cache=self.weight_cache and dtype != torch.float32,
             compile=self.compile == "on" or (self.compile == "auto" and cuda),
             cudnn_benchmark=self.cudnn_benchmark and cuda,
+            # CPU in low precision: two small batched matmuls beat the flash kernel at CLIP's 50 tokens.
+            # CUDA: scaled_dot_product_attention's fused kernels.
+            math_attention=not cuda and dtype != torch.float32,
         )
 
 
@@ -109,11 +118,17 @@ class ResolvedOptions:
     weight_cache: bool
     compile: bool
     cudnn_benchmark: bool
+    math_attention: bool = False  # CLIP's attention as two batched matmuls instead of the fused kernel
+
+    @property
+    def precision(self) -> str:
+        return {v: k for k, v in _DTYPES.items()}[self.dtype]
 
     def describe(self) -> str:
-        name = {v: k for k, v in _DTYPES.items()}[self.dtype]
-        flags = [k for k in ("channels_last", "fast_clip", "weight_cache", "compile", "cudnn_benchmark")]
-        return f"precision {name}, " + ", ".join(f"{k} {'on' if getattr(self, k) else 'off'}" for k in flags)
+        flags = ("channels_last", "fast_clip", "weight_cache", "compile", "cudnn_benchmark", "math_attention")
+        return f"precision {self.precision}, " + ", ".join(
+            f"{k} {'on' if getattr(self, k) else 'off'}" for k in flags
+        )
 
 
 @lru_cache(maxsize=1)
@@ -124,6 +139,12 @@ def cpu_has_native_bf16() -> bool:
         return False
     flags = set(cpuinfo.read_text().split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether this GPU has bf16 tensor cores (compute capability 8.0, Ampere, and later). Not
+    `torch.cuda.is_bf16_supported()`, which also says yes where bf16 is only emulated (a T4), and slow."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,7 +269,15 @@ class EngineRuntime:
     _folded: bool = False  # _clip_weights come from _fold_constants
     _decoder_weights: dict[str, torch.Tensor] | None = None
     _compiled: dict[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
-    _compile_failed: bool = False
+    # Why torch.compile failed, once it has: from then on the networks run eagerly (`describe` says so).
+    compile_error: str | None = None
+
+    def describe(self) -> str:
+        """The options in force, and whether compilation failed and the networks run eagerly."""
+        text = self.options.describe()
+        if self.compile_error is not None:
+            text = text.replace("compile on", f"compile FAILED, running eagerly ({self.compile_error})")
+        return text
 
     @property
     def loss_scale(self) -> float:
@@ -269,12 +298,11 @@ class EngineRuntime:
         x = models.normalize(cutouts)
         if self.options.fast_clip and _is_plain_vit(models.clip.visual):
             weights = self._clip_weights or dict(models.clip.visual.named_parameters())
-            math_attention = models.device.type == "cpu" and self.options.dtype != torch.float32
             return _vit_forward(
                 models.clip.visual,
                 weights,
                 x.to(weights["conv1.weight"].dtype),
-                math_attention,
+                self.options.math_attention,
                 folded=self._clip_weights is not None and self._folded,
             )
         return models.clip.encode_image(x)
@@ -305,20 +333,24 @@ class EngineRuntime:
     def _maybe_compiled(
         self, name: str, eager: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
-        if not self.options.compile or self._compile_failed:
+        if not self.options.compile or self.compile_error is not None:
             return eager(x)
         fn = self._compiled.get(name)
         if fn is None:
             fn = self._compiled[name] = torch.compile(eager, dynamic=False)
         try:
             return fn(x)
+        except torch.cuda.OutOfMemoryError:  # the older name of torch.OutOfMemoryError; both torches have it
+            raise  # the device is full, compiled or not: not a reason to stop compiling
         except Exception as error:  # any compiler failure (no C++ toolchain, unsupported op): run eager
-            self._compile_failed = True
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.compile_error = f"{type(error).__name__}: {first_line}"
             log.warning(
-                "torch.compile failed (%s: %s); the engine runs eagerly from now on "
-                "(set ARTGEN_ENGINE_COMPILE=off to skip compiling)",
-                type(error).__name__,
-                str(error).strip().splitlines()[0] if str(error).strip() else "",
+                "torch.compile of the %s failed; the engine for model %s runs eagerly from now on "
+                "(set ARTGEN_ENGINE_COMPILE=off to skip compiling): %s",
+                "CLIP image encoder" if name == "clip" else name,
+                self.models.name,
+                self.describe(),
             )
             return eager(x)
 
@@ -348,9 +380,19 @@ def _build_runtime(models: LoadedModels, options: ResolvedOptions) -> EngineRunt
     return runtime
 
 
-def engine_runtime(models: LoadedModels, options: EngineOptions | None = None) -> EngineRuntime:
-    """The runtime for these models and options, built on first use and kept with the models."""
-    resolved = (options or EngineOptions()).resolve(models.device)
+def engine_runtime(
+    models: LoadedModels, options: EngineOptions | ResolvedOptions | None = None
+) -> EngineRuntime:
+    """The runtime for these models and options, built on first use and kept with the models.
+
+    `ResolvedOptions` are used as they are, unchecked against the device: the tests' way to run what
+    `resolve` chose for a CUDA device (fp16 with its loss scale, fused attention) on the CPU. The worker
+    and the CLI always pass `EngineOptions`, so settings can never skip `resolve`'s checks.
+    """
+    if isinstance(options, ResolvedOptions):
+        resolved = options
+    else:
+        resolved = (options or EngineOptions()).resolve(models.device)
     # Kept on the models object itself: it lives exactly as long as the networks it was derived from.
     cache: dict[ResolvedOptions, EngineRuntime] = vars(models).setdefault("_engine_runtimes", {})
     if resolved not in cache:
@@ -364,5 +406,6 @@ __all__ = [
     "EngineRuntime",
     "ResolvedOptions",
     "cpu_has_native_bf16",
+    "cuda_has_native_bf16",
     "engine_runtime",
 ]

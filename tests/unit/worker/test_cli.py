@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -160,3 +161,38 @@ def test_a_worker_that_cannot_load_its_engine_does_not_start(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "the worker cannot load its engine" in result.stderr
     assert "deliberately_missing_module" in result.stderr and "Traceback" not in result.stderr
+
+
+def _start_worker(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """A real `artgen worker` process, with a Redis address it must never reach: every check comes first."""
+    env = {
+        **os.environ,
+        "ARTGEN_MODEL": "tiny",
+        "ARTGEN_REDIS_URL": "redis://127.0.0.1:1/0",
+        "ARTGEN_MODELS_DIR": str(tmp_path),
+        **settings,
+    }
+    artgen = Path(sys.executable).parent / "artgen"
+    return subprocess.run(
+        [str(artgen), "worker", "--pool", "solo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_worker_asked_for_cuda_without_cuda_exits_with_one_line(tmp_path: Path) -> None:
+    result = _start_worker(tmp_path, ARTGEN_DEVICE="cuda")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: device 'cuda' requested but CUDA is not available here: ")
+    assert "ARTGEN_DEVICE" in result.stderr and torch.__version__ in result.stderr
+
+
+def test_a_worker_asked_for_fp16_on_a_cpu_exits_with_one_line(tmp_path: Path) -> None:
+    result = _start_worker(tmp_path, ARTGEN_DEVICE="cpu", ARTGEN_ENGINE_PRECISION="fp16")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "Error: precision fp16 is for CUDA; on CPU use bf16 or fp32\n"
