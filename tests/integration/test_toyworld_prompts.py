@@ -19,7 +19,8 @@ import pytest
 from worker.engine import GenerationConfig, generate
 from worker.models import LoadedModels, load_models
 
-pytestmark = pytest.mark.slow
+# Each check paints four 150-iteration pictures: about 25 s alone, several minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ITERATIONS = 150  # about 6 s a picture on 2 CPU threads; the figures in MODELS.md use the same
 CUTN = 8  # at 64x64 every cutout is the whole picture, augmented: a few suffice

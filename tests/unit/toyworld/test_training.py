@@ -202,6 +202,7 @@ def test_vqgan_training_is_deterministic() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute alone; a loaded 2-core machine takes several
 def test_quick_training_run_writes_loadable_files(tmp_path: Path) -> None:
     from toyworld.train import main
 
