@@ -27,8 +27,11 @@ from shared.webhooks import Notify
 # The record and, while it is queued, its place in its model's queue: one round trip for GET /v1/jobs/{id}.
 # KEYS: the record, then the queue of each model in ARGV[3..]; ARGV: job id, the queued state, models.
 # The rank is false when the job is not queued (or not in its queue), -1 when its model has no queue here.
+# The record comes as one JSON array (field, value, ...): one string to read instead of ~90, which is
+# most of the client's work per request.
 _READ_WITH_RANK = """
 local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return {false, false} end
 local rank = false
 local state, model
 for i = 1, #record, 2 do
@@ -41,22 +44,25 @@ if state == ARGV[2] then
     if ARGV[i] == model then rank = redis.call('ZRANK', KEYS[i - 1], ARGV[1]) end
   end
 end
-return {record, rank}
+return {cjson.encode(record), rank}
 """
 
 # The record and its latest frame, unless the client holds that frame already (ARGV: the frame numbers
 # its If-None-Match names): one round trip for GET /v1/jobs/{id}/frame. KEYS: the record, the frame.
+# The record as one JSON array, as above.
 _READ_WITH_FRAME = """
 local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return {false, false} end
 local seq = '0'
 for i = 1, #record, 2 do
   if record[i] == 'frame_seq' then seq = record[i + 1] end
 end
-if seq == '0' then return {record, false} end
+local json = cjson.encode(record)
+if seq == '0' then return {json, false} end
 for i = 1, #ARGV do
-  if ARGV[i] == seq then return {record, false} end
+  if ARGV[i] == seq then return {json, false} end
 end
-return {record, redis.call('GET', KEYS[2])}
+return {json, redis.call('GET', KEYS[2])}
 """
 
 
@@ -189,9 +195,9 @@ class JobStore:
             keys=[self.keys.job(job_id), *self._rank_queues],
             args=[job_id, JobState.QUEUED.value, *self._rank_models],
         )
-        if not raw:
+        if raw is None:
             return None, None
-        record = JobRecord.from_redis(_pairs(raw))
+        record = JobRecord.from_redis(_pairs(json.loads(raw)))
         if rank == -1:  # a model without a preset here (a record from another version): ask apart
             return record, await self.queue_position(record)
         return record, None if rank is None else int(rank) + 1
@@ -204,9 +210,9 @@ class JobStore:
         raw, frame = await self._read_with_frame(
             keys=[self.keys.job(job_id), self.keys.frame(job_id)], args=held_seqs
         )
-        if not raw:
+        if raw is None:
             return None, None
-        return JobRecord.from_redis(_pairs(raw)), None if frame is None else bytes(frame)
+        return JobRecord.from_redis(_pairs(json.loads(raw))), None if frame is None else bytes(frame)
 
     async def queue_position(self, record: JobRecord) -> int | None:
         if record.state is not JobState.QUEUED:
@@ -461,7 +467,7 @@ class JobStore:
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
-    """A Lua script's HGETALL reply (field, value, field, value...) as a dict."""
+    """An HGETALL reply as a flat list (field, value, field, value...) as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 

@@ -93,3 +93,19 @@ def test_one_process_keeps_its_metrics_in_memory(stack: Stack, tmp_path: Path) -
     key = ("artgen_http_requests_total", (("method", "GET"), ("route", "/v1/config"), ("status", "200")))
     assert samples[key] == 5
     assert not (tmp_path / "stale").exists()
+
+
+def test_a_job_read_through_redis_scripts_keeps_every_character(stack: Stack) -> None:
+    """GET /v1/jobs/{id} reads the record as JSON made by Redis' Lua (cjson): text survives as written."""
+    url = stack.start_api()
+    prompt = 'café ☕ "quoted" / slash \\ back\ttab 雪:1 | ünï:-0.5'
+    with httpx.Client(base_url=url, timeout=30) as http:
+        made = [http.post("/v1/jobs", json={"prompt": prompt, "iterations": 5, "seed": s}) for s in (1, 2)]
+        job_id = made[1].raise_for_status().json()["id"]
+        view = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        frame = http.get(f"/v1/jobs/{job_id}/frame")
+    assert view["prompt"] == prompt and view["queue_position"] == 2
+    assert {k: v for k, v in view.items() if k != "queue_wait_s"} == {
+        k: v for k, v in made[1].json().items() if k != "queue_wait_s"
+    }
+    assert frame.status_code == 404 and frame.json() == {"detail": "no frame yet"}
