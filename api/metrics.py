@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -20,7 +20,7 @@ from api.multiprocess import multiprocess_dir
 from shared.stats import WEBHOOK_OUTCOMES, JobStats
 
 # Gauges set from Redis just before each scrape: across processes, the latest value set is the answer.
-_SCRAPED = "mostrecent"
+_SCRAPED: Literal["mostrecent"] = "mostrecent"
 
 
 class Metrics:
@@ -86,7 +86,7 @@ class Metrics:
         if multiprocess_dir() is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
-        MultiProcessCollector(merged)
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
 
