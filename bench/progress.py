@@ -42,6 +42,24 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(
+    url: str, connections: int, duration_s: int, header: str | None, server: int, redis: int
+) -> dict[str, float]:
+    """One wrk run, plus the CPU the server process and Redis spent per request meanwhile (microseconds)."""
+    before = _cpu_s(server), _cpu_s(redis)
+    run = wrk_poll(url, connections, duration_s, header)
+    requests = run["requests_per_s"] * duration_s
+    run["server_cpu_us"] = (_cpu_s(server) - before[0]) / requests * 1e6
+    run["redis_cpu_us"] = (_cpu_s(redis) - before[1]) / requests * 1e6
+    return run
+
+
 def _png(size: int) -> bytes:
     from PIL import Image
 
@@ -92,17 +110,21 @@ def main() -> None:
         try:
             floor = f"http://127.0.0.1:{anchor_port}"
             wait_for(lambda: _answers(f"{floor}/v1/jobs/{job_id}"), 30, "the anchor endpoint")
+            api_pid = stack.services[-1].pid  # one process: uvicorn serves in `artgen api` itself
+            assert stack.redis is not None and stack.redis.process is not None
+            redis_pid = stack.redis.process.pid
             targets = {
-                "artgen GET /v1/jobs/{id}": (f"{artgen}/v1/jobs/{job_id}", None),
-                "anchor GET (one HGETALL)": (f"{floor}/v1/jobs/{job_id}", None),
-                "artgen GET /v1/jobs/{id}/frame (304)": (f"{artgen}/v1/jobs/{job_id}/frame", etag),
+                "artgen GET /v1/jobs/{id}": (f"{artgen}/v1/jobs/{job_id}", None, api_pid),
+                "anchor GET (one HGETALL)": (f"{floor}/v1/jobs/{job_id}", None, anchor.pid),
+                "artgen GET /v1/jobs/{id}/frame (304)": (f"{artgen}/v1/jobs/{job_id}/frame", etag, api_pid),
             }
-            for url, header in targets.values():  # warm-up: connections, caches, first-request imports
+            for url, header, _ in targets.values():  # warm-up: connections, caches, first-request imports
                 wrk_poll(url, args.connections, 2, header)
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(args.rounds):  # alternated, so drift in machine load hits each alike
-                for name, (url, header) in targets.items():
-                    runs[name].append(wrk_poll(url, args.connections, args.duration, header))
+                for name, (url, header, server) in targets.items():
+                    measured = _measured(url, args.connections, args.duration, header, server, redis_pid)
+                    runs[name].append(measured)
         finally:
             anchor.terminate()
             anchor.wait(10)
@@ -112,7 +134,10 @@ def main() -> None:
 
     anchor_name = "anchor GET (one HGETALL)"
     rows: dict[str, dict[str, float]] = {
-        name: {key: median(name, key) for key in ("requests_per_s", "p50_ms", "p99_ms", "non_2xx")}
+        name: {
+            key: median(name, key)
+            for key in ("requests_per_s", "p50_ms", "p99_ms", "non_2xx", "server_cpu_us", "redis_cpu_us")
+        }
         for name in runs
     }
     for row in rows.values():
@@ -132,12 +157,16 @@ def main() -> None:
         f"## GET /v1/jobs/{{id}} against the floor ({args.connections} connections, "
         f"{args.duration} s x {args.rounds} rounds, medians)\n"
     )
-    print("| endpoint | requests/s | p50 ms | p99 ms | non-2xx | req/s vs anchor | p99 vs anchor |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| endpoint | requests/s | p50 ms | p99 ms | non-2xx | req/s vs anchor | p99 vs anchor "
+        "| server CPU µs/request | Redis CPU µs/request |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         print(
             f"| {name} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{row['non_2xx']:.0f} | {row['rps_ratio']:.2f}x | {row['p99_ratio']:.2f}x |"
+            f"{row['non_2xx']:.0f} | {row['rps_ratio']:.2f}x | {row['p99_ratio']:.2f}x | "
+            f"{row['server_cpu_us']:.0f} | {row['redis_cpu_us']:.0f} |"
         )
 
 
