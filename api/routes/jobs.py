@@ -19,12 +19,14 @@ from starlette.formparsers import MultiPartException
 from api.deps import (
     EnqueuerDep,
     JobDep,
+    JobIdPath,
     MemoryGuardDep,
     OwnerDep,
     RateLimitDep,
     SettingsDep,
     StoreDep,
     caller_scope,
+    owned,
 )
 from api.schemas import DeliveryList, Detail, JobCreate, JobList, JobView
 from api.store import JobStore, links, sse, view_of, wait_terminal
@@ -300,9 +302,16 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
-async def read_job(record: JobDep, store: StoreDep) -> Response:
+async def read_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Response:
     """State, progress, timings and links of one job."""
-    return json_response(await store.view(record))
+    # The hot path of every polling client: the record and its queue position in one round trip.
+    found, position = await store.record_with_position(job_id)
+    record = owned(found, owner)
+    if record.state is JobState.QUEUED and record.deadline_at is not None:
+        enforced = await store.enforce_deadline(record)
+        if enforced is not record:
+            return json_response(await store.view(enforced))
+    return json_response(view_of(record, position))
 
 
 @router.get(
@@ -315,14 +324,22 @@ async def read_job(record: JobDep, store: StoreDep) -> Response:
     },
 )
 async def read_frame(
-    record: JobDep, store: StoreDep, if_none_match: Annotated[str | None, Header()] = None
+    job_id: JobIdPath,
+    store: StoreDep,
+    owner: OwnerDep,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The latest intermediate PNG; poll it with If-None-Match to get 304 while it has not changed."""
+    held = _etags(if_none_match) if if_none_match is not None else set()
+    # The record and the frame in one round trip; the frame only if the client does not hold it.
+    found, frame = await store.record_with_frame(job_id, _held_seqs(job_id, held))
+    record = await store.enforce_deadline(owned(found, owner))
     etag = f'"{record.id}-{record.frame_seq}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if record.frame_seq and if_none_match is not None and etag in _etags(if_none_match):
+    if record.frame_seq and etag in held:
         return Response(status_code=304, headers=headers)
-    frame = await store.latest_frame(record)
+    if frame is None and record.state is JobState.SUCCEEDED:
+        frame = await store.latest_frame(record)  # its bytes have left Redis: the result store's copy
     if frame is None:
         if record.state.terminal and record.frame_seq:
             raise HTTPException(404, detail=f"the frames of this {record.state.value} job have expired")
@@ -332,6 +349,12 @@ async def read_frame(
 
 def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
+
+
+def _held_seqs(job_id: str, etags: set[str]) -> list[str]:
+    """The frame numbers of this job named by the client's ETags (`"<id>-<seq>"`)."""
+    head = f'"{job_id}-'
+    return [tag[len(head) : -1] for tag in etags if tag.startswith(head) and tag.endswith('"')]
 
 
 @router.get(
