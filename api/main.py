@@ -23,6 +23,7 @@ from redis.backoff import ExponentialBackoff
 from starlette.types import Scope
 
 from api.auth import ApiKeys
+from api.fanout import EventHub, make_event_redis
 from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
@@ -70,7 +71,7 @@ def make_redis(settings: Settings) -> Redis:
     return Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=2,
-        socket_timeout=5,  # above the 1 s XREAD blocks of the event streams
+        socket_timeout=5,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         max_connections=512,
@@ -90,18 +91,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client if redis_client is not None else make_redis(settings)
+        # Event readers block: a pool of their own (a test's own client serves both).
+        events_client = redis_client if redis_client is not None else make_event_redis(settings)
         queue = enqueuer if enqueuer is not None else CeleryEnqueuer(settings)
         app.state.redis = client
+        app.state.events = EventHub(events_client, Keys(settings.redis_prefix), settings.max_watchers)
         app.state.enqueuer = queue
         app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results, queue.notify)
         app.state.memory = MemoryGauge(client, settings.redis_memory_high)
         try:
             yield
         finally:
+            await app.state.events.close()
             if enqueuer is None:
                 queue.close()
             if redis_client is None:
                 await client.aclose()
+                await events_client.aclose()
 
     app = FastAPI(
         title="artgen",
