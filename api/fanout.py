@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 WATCHER_QUEUE_EVENTS = 32
 # XREAD blocks in slices this long, so a reader whose last watcher left stops within one slice.
 READ_BLOCK_MS = 1000
+# Events a reader keeps after handing them out, so a watcher who joins a little behind (its snapshot was
+# read just before the latest events) catches up from memory rather than with a Redis read of its own.
+READER_HISTORY = 64
 # Events one XREAD returns at most; a longer backlog comes in the next read.
 READ_COUNT = 100
 # Watchers woken per turn of the event loop: other requests are served between turns.
@@ -85,8 +88,11 @@ class WatchersFull(Exception):
 class Watcher:
     """One client's queue of a job's events: bounded; on overflow it skips ahead to what still matters."""
 
-    def __init__(self, after: tuple[int, int], limit: int = WATCHER_QUEUE_EVENTS) -> None:
-        self.after = after  # events at or before this id were sent (or are in the client's snapshot)
+    def __init__(self, cursor: str, limit: int = WATCHER_QUEUE_EVENTS) -> None:
+        # The newest event queued or sent (at first: the client's snapshot or Last-Event-ID); older or
+        # repeated ones are ignored, so catching up from two sources never sends one twice.
+        self.last_id = cursor
+        self.last = stream_key(cursor)
         self.limit = limit
         self.skipped = 0  # events dropped by skipping ahead
         self._events: deque[Event] = deque()
@@ -94,8 +100,9 @@ class Watcher:
 
     def put(self, events: list[Event]) -> None:
         for event in events:
-            if event.key > self.after:
+            if event.key > self.last:
                 self._events.append(event)
+                self.last, self.last_id = event.key, event.id
         if len(self._events) > self.limit:
             self._skip_ahead()
         if self._events:
@@ -119,8 +126,6 @@ class Watcher:
         batch = list(self._events)
         self._events.clear()
         self._ready.clear()
-        if batch:
-            self.after = batch[-1].key
         return batch
 
     @property
@@ -136,6 +141,18 @@ class _Reader:
     cursor: str  # the id of the last event handed out (or the first watcher's starting point)
     watchers: set[Watcher] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    history: deque[Event] = field(default_factory=lambda: deque(maxlen=READER_HISTORY))
+    covered_from: tuple[int, int] = (0, 0)  # `history` holds every event after this id
+
+    def __post_init__(self) -> None:
+        self.covered_from = stream_key(self.cursor)
+
+    def handed_out(self, events: list[Event]) -> None:
+        for event in events:
+            if len(self.history) == self.history.maxlen:
+                self.covered_from = self.history[0].key
+            self.history.append(event)
+        self.cursor = events[-1].id
 
 
 class EventHub:
@@ -165,20 +182,26 @@ class EventHub:
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str, cursor: str) -> AsyncIterator[Watcher]:
         """A queue of the job's events after `cursor`, fed by the job's one reader while it is open."""
-        watcher = Watcher(stream_key(cursor))
-        reader = self._readers.get(job_id)
-        if reader is None:
-            reader = self._readers[job_id] = _Reader(job_id, cursor)
-            reader.watchers.add(watcher)
-            reader.task = asyncio.create_task(self._read(reader), name=f"events-{job_id[:8]}")
-        else:
-            # What the reader handed out before this watcher joined (a Last-Event-ID from further back):
-            # read once here; everything after the reader's cursor comes from the reader, in order.
-            behind = stream_key(cursor) < stream_key(reader.cursor)
-            caught_up_to = reader.cursor
-            reader.watchers.add(watcher)
-            if behind:
-                watcher.put(await self._range(job_id, cursor, caught_up_to))
+        watcher = Watcher(cursor)
+        while True:
+            reader = self._readers.get(job_id)
+            if reader is None:
+                reader = self._readers[job_id] = _Reader(job_id, watcher.last_id)
+                reader.watchers.add(watcher)
+                reader.task = asyncio.create_task(self._read(reader), name=f"events-{job_id[:8]}")
+                break
+            if watcher.last >= reader.covered_from or watcher.last >= stream_key(reader.cursor):
+                # What the reader handed out before: from its history; what comes next: from it.
+                reader.watchers.add(watcher)
+                watcher.put(list(reader.history))
+                break
+            # From further back (an old Last-Event-ID): read by itself up to about now, then look again.
+            backlog = await self._range(job_id, watcher.last_id)
+            if not backlog:  # trimmed from the stream meanwhile: nothing more to catch up with
+                reader.watchers.add(watcher)
+                watcher.put(list(reader.history))
+                break
+            watcher.put(backlog)
         try:
             yield watcher
         finally:
@@ -187,8 +210,8 @@ class EventHub:
                 # The reader ends at its next turn; a watcher who comes meanwhile starts another.
                 del self._readers[job_id]
 
-    async def _range(self, job_id: str, after: str, upto: str) -> list[Event]:
-        reply: Any = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", max=upto)
+    async def _range(self, job_id: str, after: str) -> list[Event]:
+        reply: Any = await self.redis.xrange(self.keys.events(job_id), min=f"({after}", count=READ_COUNT)
         return [_event(entry_id, fields) for entry_id, fields in reply]
 
     async def _read(self, reader: _Reader) -> None:
@@ -207,7 +230,7 @@ class EventHub:
                     continue
                 # The cursor moves with the snapshot of watchers taken here: one who joins after this
                 # line reads up to the new cursor by itself (`watch`), one who joined before gets these.
-                reader.cursor = events[-1].id
+                reader.handed_out(events)
                 watchers = list(reader.watchers)
                 finished = any(event.name == _FINISHED for event in events)
                 if finished and self._readers.get(reader.job_id) is reader:

@@ -40,17 +40,17 @@ def test_stream_ids_order_as_redis_orders_them() -> None:
 
 
 def test_a_watcher_takes_only_events_after_its_cursor() -> None:
-    watcher = Watcher(stream_key("1002-0"))
+    watcher = Watcher("1002-0")
     watcher.put([event(1), event(2), event(3), event(4)])
     batch = run(lambda: watcher.next_batch(0.1))
     assert [e.id for e in batch] == ["1003-0", "1004-0"]
-    assert watcher.after == stream_key("1004-0")
+    assert watcher.last == stream_key("1004-0")
     watcher.put([event(4)])  # handed out again (a second reader): not sent twice
     assert watcher.pending == 0
 
 
 def test_a_slow_watcher_skips_ahead_to_the_newest_progress_and_frame_and_keeps_finished() -> None:
-    watcher = Watcher((0, 0))
+    watcher = Watcher("0-0")
     stream = []
     for seq in range(1, 1001):
         stream.append(event(seq, "frame" if seq % 5 == 0 else "progress"))
@@ -70,7 +70,7 @@ def test_a_slow_watcher_skips_ahead_to_the_newest_progress_and_frame_and_keeps_f
 
 
 def test_a_full_queue_never_drops_finished() -> None:
-    watcher = Watcher((0, 0), limit=4)
+    watcher = Watcher("0-0", limit=4)
     watcher.put([event(1, "finished", state="failed")])
     watcher.put([event(seq) for seq in range(2, 50)])
     batch = run(lambda: watcher.next_batch(0.1))
@@ -78,7 +78,7 @@ def test_a_full_queue_never_drops_finished() -> None:
 
 
 def test_a_watcher_with_nothing_waits_then_returns_empty() -> None:
-    watcher = Watcher((0, 0))
+    watcher = Watcher("0-0")
     start = time.monotonic()
     assert run(lambda: watcher.next_batch(0.2)) == []
     assert time.monotonic() - start >= 0.19
