@@ -40,6 +40,11 @@ READ_BLOCK_MS = 1000
 READER_HISTORY = 64
 # Events one XREAD returns at most; a longer backlog comes in the next read.
 READ_COUNT = 100
+# Deliveries (one write to one watcher) a reader makes per second, about: with many watchers it pauses
+# between deliveries so that progress and frames gather into fewer, larger writes. The pause is at most
+# MAX_PAUSE_S (how stale progress may get); `finished` never waits for it.
+DELIVERIES_PER_S = 5_000
+MAX_PAUSE_S = 2.0
 # Watchers woken per turn of the event loop: other requests are served between turns.
 FANOUT_SLICE = 100
 # Connections of the readers' own pool; a reader beyond it waits for one (at most one block slice).
@@ -81,6 +86,15 @@ class Event:
         return self.name in (_FINISHED, _ERROR)
 
 
+def skip_ahead(events: list[Event]) -> list[Event]:
+    """The newest progress, the newest frame and every finished/error event, in stream order."""
+    newest: dict[str, Event] = {}
+    for event in events:
+        if not event.final:
+            newest[event.name] = event
+    return [e for e in events if e.final or newest.get(e.name) is e]
+
+
 class WatchersFull(Exception):
     """This process already serves `max_watchers` event streams."""
 
@@ -96,7 +110,7 @@ class Watcher:
         self.limit = limit
         self.skipped = 0  # events dropped by skipping ahead
         self._events: deque[Event] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # a future, not an Event: cheaper to wake
 
     def put(self, events: list[Event]) -> None:
         for event in events:
@@ -105,27 +119,27 @@ class Watcher:
                 self.last, self.last_id = event.key, event.id
         if len(self._events) > self.limit:
             self._skip_ahead()
-        if self._events:
-            self._ready.set()
+        if self._events and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _skip_ahead(self) -> None:
-        """Keep the newest progress, the newest frame and every finished/error event, in stream order."""
-        newest: dict[str, Event] = {}
-        for event in self._events:
-            if not event.final:
-                newest[event.name] = event
-        kept = [e for e in self._events if e.final or newest.get(e.name) is e]
+        kept = skip_ahead(list(self._events))
         self.skipped += len(self._events) - len(kept)
         self._events = deque(kept)
 
     async def next_batch(self, timeout_s: float) -> list[Event]:
         """Every waiting event (waiting up to `timeout_s` for one); [] on timeout."""
         if not self._events:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout_s):  # a timer, not a task per wait as wait_for makes
+                    await self._waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
         batch = list(self._events)
         self._events.clear()
-        self._ready.clear()
         return batch
 
     @property
@@ -216,33 +230,42 @@ class EventHub:
 
     async def _read(self, reader: _Reader) -> None:
         key = self.keys.events(reader.job_id)
+        read_cursor = reader.cursor
+        pending: list[Event] = []  # read, not yet handed out (a pause between deliveries)
+        next_delivery = 0.0
         try:
             while reader.watchers:
-                reply: Any = await self.redis.xread(
-                    {key: reader.cursor}, count=READ_COUNT, block=self.block_ms
-                )
+                # While events wait for the next delivery, block only until it is due (at least 1 ms:
+                # a block of 0 would wait for ever).
+                wait_ms = max(1, int((next_delivery - time.monotonic()) * 1000)) if pending else self.block_ms
+                reply: Any = await self.redis.xread({key: read_cursor}, count=READ_COUNT, block=wait_ms)
                 events = [
                     _event(entry_id, fields)
                     for _stream, entries in reply or []
                     for entry_id, fields in entries
                 ]
-                if not events:
-                    continue
-                # The cursor moves with the snapshot of watchers taken here: one who joins after this
-                # line reads up to the new cursor by itself (`watch`), one who joined before gets these.
-                reader.handed_out(events)
-                watchers = list(reader.watchers)
+                if events:
+                    read_cursor = events[-1].id
+                    pending = skip_ahead(pending + events) if len(pending) > READ_COUNT else pending + events
                 finished = any(event.name == _FINISHED for event in events)
+                # `finished` goes out at once; progress and frames wait for the next delivery.
+                if not pending or (not finished and time.monotonic() < next_delivery):
+                    continue
+                batch, pending = pending, []
+                # The cursor moves with the snapshot of watchers taken here: one who joins after this
+                # line catches up by itself (`watch`), one who joined before gets this batch.
+                reader.handed_out(batch)
+                watchers = list(reader.watchers)
                 if finished and self._readers.get(reader.job_id) is reader:
                     del self._readers[reader.job_id]  # a watcher who joins from here on starts its own
-
                 for start in range(0, len(watchers), FANOUT_SLICE):
                     if start:
                         await asyncio.sleep(0)  # let other requests through between slices
                     for watcher in watchers[start : start + FANOUT_SLICE]:
-                        watcher.put(events)
+                        watcher.put(batch)
                 if finished:
                     break
+                next_delivery = time.monotonic() + min(MAX_PAUSE_S, len(watchers) / DELIVERIES_PER_S)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("event reader of job %s stopped: redis unavailable (%s)", reader.job_id, exc)
             self._fail(reader, "redis unavailable; reconnect later")

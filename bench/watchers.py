@@ -48,7 +48,7 @@ STACK_SETTINGS = {
     "rate_limit_per_minute": "0",
     "max_iterations": "100000",
     "max_watchers": "20000",
-    "log_level": "WARNING",
+    "log_level": "INFO",  # the launcher sees a worker ready by its INFO line
 }
 JOB = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "cutn": 4, "seed": 1}
 

@@ -14,6 +14,7 @@ import fakeredis
 import pytest
 from fastapi.testclient import TestClient
 
+from api import fanout
 from api.fanout import WATCHER_QUEUE_EVENTS, WATCHERS_RETRY_AFTER_S, Event, EventHub, Watcher, stream_key
 from shared.jobs import EventType
 from shared.keys import Keys
@@ -216,3 +217,37 @@ def test_beyond_max_watchers_events_answer_503_with_retry_after(
     assert hub.admitted == 0  # each stream's place was given back
     with client.stream("GET", url) as again:  # the finished job: snapshot and finished at once
         assert again.status_code == 200 and "event: finished" in "".join(again.iter_text())
+
+
+def test_with_many_watchers_progress_is_gathered_but_finished_goes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two watchers at 4 deliveries a second: a pause of 0.5 s between deliveries.
+    monkeypatch.setattr(fanout, "DELIVERIES_PER_S", 4)
+    server = fakeredis.FakeServer()
+    writer = _writer(server)
+
+    async def main() -> tuple[list[list[str]], list[float]]:
+        hub = EventHub(fakeredis.FakeAsyncRedis(server=server), KEYS, max_watchers=10, block_ms=100)
+        batches: list[list[str]] = []
+        gaps: list[float] = []
+        async with hub.watch(JOB, "0-0") as watcher, hub.watch(JOB, "0-0"):
+            writer.event(JOB, EventType.PROGRESS, {"iteration": 1})
+            batches.append([e.name for e in await watcher.next_batch(5)])
+            delivered = time.monotonic()
+            for iteration in (2, 3, 4):
+                writer.event(JOB, EventType.PROGRESS, {"iteration": iteration})
+            batches.append([e.name for e in await watcher.next_batch(5)])
+            gaps.append(time.monotonic() - delivered)
+            writer.event(JOB, EventType.PROGRESS, {"iteration": 5})
+            written = time.monotonic()
+            writer.event(JOB, EventType.FINISHED, {"state": "succeeded", "error": None})
+            batches.append([e.name for e in await watcher.next_batch(5)])
+            gaps.append(time.monotonic() - written)
+        await hub.close()
+        return batches, gaps
+
+    batches, (gathered_after, finished_after) = run(main)
+    assert batches == [["progress"], ["progress"] * 3, ["progress", "finished"]]
+    assert gathered_after >= 0.45  # progress waited for the next delivery ...
+    assert finished_after < 0.3  # ... `finished` did not
