@@ -20,6 +20,7 @@ from api.deps import (
     EnqueuerDep,
     EventsDep,
     JobDep,
+    JobIdPath,
     MemoryGuardDep,
     OwnerDep,
     RateLimitDep,
@@ -463,13 +464,18 @@ async def read_deliveries(record: JobDep, store: StoreDep) -> Response:
     },
 )
 async def job_events(
-    record: JobDep,
+    job_id: JobIdPath,
     store: StoreDep,
     events: EventsDep,
+    owner: OwnerDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`.
     A client that reads slowly skips ahead to the newest progress and frame; `finished` always comes."""
+    # The record and the stream's newest id in one round trip (a crowd arriving costs one each).
+    record, cursor = await store.snapshot_with_cursor(job_id)
+    if record is None or record.owner != owner:
+        raise HTTPException(404, detail="job not found")
     try:
         events.admit()
     except WatchersFull as exc:
@@ -478,7 +484,9 @@ async def job_events(
             detail=f"{exc}; follow the job by polling GET /v1/jobs/{{id}}, or retry later",
             headers={"Retry-After": str(WATCHERS_RETRY_AFTER_S)},
         ) from exc
-    return EventStreamResponse(_event_stream(store, events, record.id, last_event_id), events)
+    # A reconnecting client resumes where it was; a new one starts after the snapshot.
+    cursor = _valid_stream_id(last_event_id) or cursor
+    return EventStreamResponse(_event_stream(store, events, record, cursor), events)
 
 
 def _valid_stream_id(value: str | None) -> str | None:
@@ -489,14 +497,11 @@ def _valid_stream_id(value: str | None) -> str | None:
 
 
 async def _event_stream(
-    store: JobStore, hub: EventHub, job_id: str, last_event_id: str | None
+    store: JobStore, hub: EventHub, record: JobRecord, cursor: str
 ) -> AsyncIterator[bytes]:
+    job_id = record.id
     try:
-        record, cursor = await store.snapshot_with_cursor(job_id)
-        if record is None:
-            return
-        # A reconnecting client resumes where it was; a new one starts after the snapshot.
-        cursor = _valid_stream_id(last_event_id) or cursor
+        record = await store.enforce_deadline(record)
         yield sse("snapshot", (await store.view(record)).model_dump_json(by_alias=True))
         if record.state.terminal:
             yield sse(EventType.FINISHED.value, _finished_data(record))
