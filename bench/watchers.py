@@ -409,7 +409,7 @@ def main() -> None:
 
     # Every socket is a descriptor, in the watchers' process and the API's: children inherit this.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = 2 * max(counts, default=0) + 1024
+    needed = max(counts, default=0) + 1024  # each of the API and the watchers holds one per watcher
     if hard != resource.RLIM_INFINITY and hard < needed:
         sys.exit(f"ulimit -Hn is {hard}; {needed} open files are needed")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
