@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from redis.asyncio import Redis
 
 from api.auth import ApiKeys, presented_key
+from api.fanout import EventHub
 from api.memory import MemoryGauge
 from api.queue import Enqueuer
 from api.store import JobStore
@@ -43,6 +44,11 @@ async def get_enqueuer(request: Request) -> Enqueuer:
     return enqueuer
 
 
+async def get_events(request: Request) -> EventHub:
+    events: EventHub = request.app.state.events
+    return events
+
+
 async def get_owner(request: Request) -> str:
     """Who is calling: "" with keys off; a 401 with keys on and no valid key."""
     api_keys: ApiKeys = request.app.state.api_keys
@@ -65,6 +71,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+EventsDep = Annotated[EventHub, Depends(get_events)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 MemoryDep = Annotated[MemoryGauge, Depends(get_memory)]
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the job id (32 hex digits)")]

@@ -17,12 +17,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.types import Scope
 
 from api.auth import ApiKeys
+from api.fanout import EventHub, make_event_redis
 from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
@@ -37,6 +38,10 @@ from shared.storage import ResultStore, make_store
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Redis connections ordinary requests share in one API process (event streams' readers have their own).
+REDIS_CONNECTIONS = 32
+# Seconds a request waits for one of them before it is answered 503.
+REDIS_POOL_WAIT_S = 5
 # Seconds a client should wait while Redis is unreachable.
 REDIS_RETRY_AFTER_S = 5
 # Seconds a client should wait while Redis refuses writes (finished jobs' pictures need time to expire).
@@ -66,15 +71,20 @@ def body_limit(settings: Settings) -> int:
 
 
 def make_redis(settings: Settings) -> Redis:
-    """One pooled client per process; short timeouts so an outage becomes a quick 503, not a hang."""
-    return Redis.from_url(
+    """One pooled client per process; short timeouts so an outage becomes a quick 503, not a hang.
+
+    The pool is bounded and a request beyond it waits for a connection: a burst of clients (thousands of
+    watchers arriving) queues for a few connections instead of opening one each."""
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_POOL_WAIT_S,
         socket_connect_timeout=2,
-        socket_timeout=5,  # above the 1 s XREAD blocks of the event streams
+        socket_timeout=5,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-        max_connections=512,
     )
+    return Redis(connection_pool=pool)
 
 
 def create_app(
@@ -90,18 +100,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client if redis_client is not None else make_redis(settings)
+        # Event readers block: a pool of their own (a test's own client serves both).
+        events_client = redis_client if redis_client is not None else make_event_redis(settings)
         queue = enqueuer if enqueuer is not None else CeleryEnqueuer(settings)
         app.state.redis = client
+        app.state.events = EventHub(events_client, Keys(settings.redis_prefix), settings.max_watchers)
         app.state.enqueuer = queue
         app.state.store = JobStore(client, Keys(settings.redis_prefix), settings, results, queue.notify)
         app.state.memory = MemoryGauge(client, settings.redis_memory_high)
         try:
             yield
         finally:
+            await app.state.events.close()
             if enqueuer is None:
                 queue.close()
             if redis_client is None:
                 await client.aclose()
+                await events_client.aclose()
 
     app = FastAPI(
         title="artgen",

@@ -16,7 +16,7 @@ from redis.commands.core import AsyncScript
 from api.schemas import JobLinks, JobView, WebhookDelivery
 from shared.deadlines import past_deadline
 from shared.finished import announce_finished, write_finished
-from shared.jobs import CallerOptions, CancelReason, EventType, JobParams, JobRecord, JobState, queue_for
+from shared.jobs import CallerOptions, CancelReason, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
 from shared.model_facts import MODEL_FACTS, MODEL_NOTES
 from shared.settings import Settings
@@ -117,12 +117,6 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         deadline_at=record.deadline_at,
         cancel_reason=record.cancel_reason,
     )
-
-
-def sse(event: str, data: str, event_id: str | None = None) -> bytes:
-    """One Server-Sent Event; `data` is one line of JSON."""
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\ndata: {data}\n\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,21 +425,6 @@ class JobStore:
             cursor.decode() if isinstance(cursor, bytes) else cursor
         )
 
-    async def read_events(self, job_id: str, cursor: str, block_ms: int) -> list[tuple[str, str, str]]:
-        """Events after `cursor` as (id, event, data), waiting up to `block_ms` for the first."""
-        reply: Any = await self.redis.xread({self.keys.events(job_id): cursor}, count=100, block=block_ms)
-        out = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                out.append(
-                    (
-                        _text(entry_id),
-                        _text(fields.get(b"event", fields.get("event", b""))),
-                        _text(fields.get(b"data", fields.get("data", b"{}"))),
-                    )
-                )
-        return out
-
     async def workers(self) -> dict[str, dict[str, Any]]:
         raw = await self.redis.hgetall(self.keys.workers())
         out: dict[str, dict[str, Any]] = {}
@@ -466,22 +445,3 @@ def _pairs(flat: list[Any]) -> dict[Any, Any]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def wait_terminal(store: JobStore, job_id: str, timeout_s: float, gone: Any = None) -> JobRecord | None:
-    """Wait on the job's event stream until it ends; None after `timeout_s` (or when `gone()` says so)."""
-    deadline = time.monotonic() + timeout_s
-    record, cursor = await store.snapshot_with_cursor(job_id)
-    last_check = time.monotonic()
-    while record is not None and not record.state.terminal:
-        left = deadline - time.monotonic()
-        if left <= 0 or (gone is not None and await gone()):
-            return None
-        events = await store.read_events(job_id, cursor, max(1, int(min(left, 1.0) * 1000)))
-        if events:
-            cursor = events[-1][0]
-        # Re-read the record on `finished`, and now and then in case an event was missed.
-        if any(e[1] == EventType.FINISHED.value for e in events) or time.monotonic() - last_check > 5:
-            record = await store.record(job_id)
-            last_check = time.monotonic()
-    return record

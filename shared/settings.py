@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     public_url: str | None = None  # what `artgen up` prints; defaults to http://host:port
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Server-Sent Events streams one API process serves at once; beyond it, 503 with Retry-After (the
+    # page then polls). Every watcher of a job shares one Redis reader per process.
+    max_watchers: int = Field(10_000, ge=1)
     # Seconds a blocking alias route (/v1/generate_text2img) waits before answering 504.
     blocking_timeout_s: float = Field(600.0, gt=0)
 

@@ -17,11 +17,13 @@ from api.deps import (
     SettingsDep,
     StoreDep,
     caller_scope,
+    get_events,
 )
+from api.fanout import wait_terminal
 from api.queue import Enqueuer
 from api.routes.jobs import IdempotencyKeyHeader, json_response
 from api.schemas import Detail, JobCreate, JobView
-from api.store import JobStore, wait_terminal
+from api.store import JobStore
 from api.submission import Uploads, caller_options, submit_once
 from api.uploads import png_to_jpeg
 from api.validation import from_pydantic
@@ -100,7 +102,9 @@ async def _run(
     if not wait:
         view = await store.view(record)
         return json_response(view, 202, {"Location": view.links.self_, "X-Job-Id": record.id, **replayed})
-    final = await wait_terminal(store, record.id, settings.blocking_timeout_s, request.is_disconnected)
+    final = await wait_terminal(
+        store, get_events(request), record.id, settings.blocking_timeout_s, request.is_disconnected
+    )
     response = await _final_picture(store, record, final, settings)
     response.headers.update(replayed)
     return response

@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException
 
 from api.deps import (
     EnqueuerDep,
+    EventsDep,
     JobDep,
     JobIdPath,
     MemoryGuardDep,
@@ -26,10 +27,19 @@ from api.deps import (
     SettingsDep,
     StoreDep,
     caller_scope,
+    get_events,
     owned,
 )
+from api.fanout import (
+    WATCHERS_RETRY_AFTER_S,
+    EventHub,
+    EventStreamResponse,
+    WatchersFull,
+    sse,
+    wait_terminal,
+)
 from api.schemas import DeliveryList, Detail, JobCreate, JobList, JobView
-from api.store import JobStore, links, sse, view_of, wait_terminal
+from api.store import JobStore, links, view_of
 from api.submission import Uploads, base64_uploads, caller_options, submit_once
 from api.validation import from_pydantic, invalid
 from shared.images import timelapse_webp
@@ -42,8 +52,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 HEARTBEAT_S = 15.0
-# XREAD blocks in short slices, so a client that went away is noticed within one slice.
-_BLOCK_MS = 1000
 _FORM_FILES = ("init_image", "image_prompts")
 # `Prefer: wait=N` (RFC 7240, as Replicate uses it): the longest wait a request may ask for.
 MAX_PREFER_WAIT_S = 60
@@ -276,7 +284,7 @@ async def _submitted(
     status = 202
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        final = await wait_terminal(store, record.id, wait_s, request.is_disconnected)
+        final = await wait_terminal(store, await get_events(request), record.id, wait_s, request.is_disconnected)
         if final is not None:
             record, status = final, 201
     if replayed:
@@ -467,20 +475,40 @@ async def read_deliveries(record: JobDep, store: StoreDep) -> Response:
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    responses={
+        **_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        503: {
+            "model": Detail,
+            "description": "this API process serves `ARTGEN_MAX_WATCHERS` event streams already (poll "
+            "`GET /v1/jobs/{id}` instead), or Redis is unavailable; see Retry-After",
+        },
+    },
 )
 async def job_events(
-    record: JobDep,
+    job_id: JobIdPath,
     store: StoreDep,
-    request: Request,
+    events: EventsDep,
+    owner: OwnerDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`."""
-    return StreamingResponse(
-        _event_stream(request, store, record.id, last_event_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`.
+    A client that reads slowly skips ahead to the newest progress and frame; `finished` always comes."""
+    # The record and the stream's newest id in one round trip (a crowd arriving costs one each).
+    record, cursor = await store.snapshot_with_cursor(job_id)
+    if record is None or record.owner != owner:
+        raise HTTPException(404, detail="job not found")
+    try:
+        events.admit()
+    except WatchersFull as exc:
+        raise HTTPException(
+            503,
+            detail=f"{exc}; follow the job by polling GET /v1/jobs/{{id}}, or retry later",
+            headers={"Retry-After": str(WATCHERS_RETRY_AFTER_S)},
+        ) from exc
+    # A reconnecting client resumes where it was; a new one starts after the snapshot.
+    cursor = _valid_stream_id(last_event_id) or cursor
+    return EventStreamResponse(_event_stream(store, events, record, cursor), events)
 
 
 def _valid_stream_id(value: str | None) -> str | None:
@@ -491,28 +519,26 @@ def _valid_stream_id(value: str | None) -> str | None:
 
 
 async def _event_stream(
-    request: Request, store: JobStore, job_id: str, last_event_id: str | None
+    store: JobStore, hub: EventHub, record: JobRecord, cursor: str
 ) -> AsyncIterator[bytes]:
+    job_id = record.id
     try:
-        record, cursor = await store.snapshot_with_cursor(job_id)
-        if record is None:
-            return
-        # A reconnecting client resumes where it was; a new one starts after the snapshot.
-        cursor = _valid_stream_id(last_event_id) or cursor
+        record = await store.enforce_deadline(record)
         yield sse("snapshot", (await store.view(record)).model_dump_json(by_alias=True))
         if record.state.terminal:
             yield sse(EventType.FINISHED.value, _finished_data(record))
             return
-        last_sent = time.monotonic()
-        while not await request.is_disconnected():
-            events = await store.read_events(job_id, cursor, _BLOCK_MS)
-            for event_id, event, data in events:
-                cursor = event_id
-                yield sse(event, data, event_id)
-                last_sent = time.monotonic()
-                if event == EventType.FINISHED.value:
+        async with hub.watch(job_id, cursor) as watcher:
+            while True:
+                batch = await watcher.next_batch(HEARTBEAT_S)
+                end = next((i for i, event in enumerate(batch) if event.final), None)
+                if end is not None:
+                    yield b"".join(event.wire for event in batch[: end + 1])
                     return
-            if not events and time.monotonic() - last_sent >= HEARTBEAT_S:
+                if batch:
+                    # Everything waiting in one write: a busy process sends fewer, larger chunks.
+                    yield b"".join(event.wire for event in batch)
+                    continue
                 # No event for a while: say we are alive, and make sure the job did not end unannounced.
                 current = await store.record(job_id)
                 if current is None or current.state.terminal:
@@ -520,7 +546,6 @@ async def _event_stream(
                         yield sse(EventType.FINISHED.value, _finished_data(current))
                     return
                 yield b": keepalive\n\n"
-                last_sent = time.monotonic()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # The status line is long sent: tell the client in-band and end; it reconnects with Last-Event-ID.
         log.warning("event stream of job %s ended: redis unavailable (%s)", job_id, exc)

@@ -255,6 +255,39 @@ def test_polls_when_the_event_stream_fails(page: Page, shot: Shot) -> None:
     shot(page, "polled")
 
 
+def test_polls_when_the_api_serves_its_most_watchers(browser: Browser, tmp_path: Path, shot: Shot) -> None:
+    """Beyond ARTGEN_MAX_WATCHERS the events route answers 503 + Retry-After: the page follows by polling."""
+    stack = Stack(tmp_path / "stack")  # no worker: the jobs stay queued
+    try:
+        url = stack.start_api(max_watchers="1")
+        body = {"prompt": "a painting someone else watches", "width": 64, "height": 64}
+        other = httpx.post(f"{url}/v1/jobs", json=body, timeout=10).json()
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("GET", f"{url}/v1/jobs/{other['id']}/events") as held,  # the one place taken
+        ):
+            assert held.status_code == 200
+            errors: list[str] = []
+            page = open_page(browser, url, errors)
+            statuses: list[int] = []
+            page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/events") else None)
+            try:
+                fill_job(page, "a red circle on a blue background", size=64, iterations=20)
+                job_id = submit(page)
+                expect(page.locator("#frame")).to_have_attribute("data-transport", "polling")
+                assert 503 in statuses, statuses
+                expect(page.locator("#progress-eta")).to_have_text("2nd in the queue")  # learned by polling
+                shot(page, "polling")
+                page.get_by_role("button", name="Cancel", exact=True).click()
+                assert wait_finished(page, 10_000) == "canceled"
+                assert job_view(url, job_id)["status"] == "canceled"
+            finally:
+                page.context.close()
+            assert not errors, errors
+    finally:
+        stack.close()
+
+
 def test_reopen_from_address_and_gallery(page: Page, browser: Browser, page_url: str, shot: Shot) -> None:
     fill_job(page, "a white circle on a black background", size=64, iterations=20)
     job_id = submit(page)
