@@ -13,7 +13,7 @@ import anyio.to_thread
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from api.schemas import JobLinks, JobView, WebhookDelivery
+from api.schemas import JobLinks, JobView, StageView, WebhookDelivery
 from shared.deadlines import past_deadline
 from shared.finished import announce_finished, write_finished
 from shared.jobs import CallerOptions, CancelReason, JobParams, JobRecord, JobState, queue_for
@@ -112,11 +112,25 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         batch=record.batch,
         error=record.error,
         links=links(record.id),
+        optimizer=record.optimizer,
+        init=record.init,
+        change_every=record.change_every,
+        plateau_window=record.plateau_window,
+        plateau_delta=record.plateau_delta,
+        stage=stage_view(record),
+        losses=record.losses,
+        stopped_at=record.stopped_at,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_event_list if record.webhook else None,
         deadline_at=record.deadline_at,
         cancel_reason=record.cancel_reason,
     )
+
+
+def stage_view(record: JobRecord) -> StageView:
+    texts = record.stage_texts
+    index = min(record.stage or 0, len(texts) - 1)
+    return StageView(index=index, count=len(texts), text=texts[index])
 
 
 @dataclass(frozen=True, slots=True)
