@@ -50,6 +50,10 @@ class JobParams(BaseModel):
     has_init_image: bool = False
     image_prompt_count: int = 0
     preview_every: int = 5
+    # An extended job (POST /v1/jobs/{id}/extend) continues its parent's final latent and optimiser state
+    # from the parent's last iteration, `start_iteration`; `iterations` counts from the chain's start.
+    parent: str | None = None
+    start_iteration: int = 0
 
 
 class CancelReason(StrEnum):
@@ -92,6 +96,7 @@ class JobRecord(JobParams, CallerOptions):
     frame_seq: int = 0  # increments with every stored frame; the ETag of /frame
     note: str | None = None
     cancel_reason: CancelReason | None = None  # set when canceled
+    children: str = ""  # comma-separated ids of the jobs that extend this one, oldest first
 
     def to_redis(self) -> dict[str, str]:
         """Encode for HSET: None fields are left out, bools as 0/1, everything else as text."""
@@ -116,6 +121,10 @@ class JobRecord(JobParams, CallerOptions):
             if flag in decoded:
                 decoded[flag] = decoded[flag] in {"1", "True", "true"}
         return cls.model_validate(decoded)
+
+    @property
+    def child_ids(self) -> list[str]:
+        return [child for child in self.children.split(",") if child]
 
     @property
     def progress(self) -> float:
