@@ -37,6 +37,8 @@ def links(job_id: str) -> JobLinks:
         events=f"{base}/events",
         cancel=f"{base}/cancel",
         deliveries=f"{base}/deliveries",
+        manifest=f"{base}/manifest",
+        extend=f"{base}/extend",
     )
 
 
@@ -81,6 +83,9 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         webhook_events_filter=record.webhook_event_list if record.webhook else None,
         deadline_at=record.deadline_at,
         cancel_reason=record.cancel_reason,
+        parent=record.parent,
+        children=record.child_ids,
+        start_iteration=record.start_iteration,
     )
 
 

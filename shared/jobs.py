@@ -128,7 +128,10 @@ class JobRecord(JobParams, CallerOptions):
 
     @property
     def progress(self) -> float:
-        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        """The share of this job's own iterations done (an extension counts from its start_iteration)."""
+        own = self.iterations - self.start_iteration
+        done = self.iteration - self.start_iteration
+        return min(1.0, max(0.0, done / own)) if own > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
