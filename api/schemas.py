@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.jobs import CancelReason, JobState
+from shared.jobs import CancelReason, JobState, PromptLoss
 from shared.model_facts import JobDefaults
 from shared.params import (
     MAX_CUT_POW,
@@ -16,6 +16,8 @@ from shared.params import (
     MAX_SEED,
     MAX_STEP_SIZE,
     GenerationConfig,
+    InitKind,
+    OptimizerName,
 )
 from shared.webhooks import WEBHOOK_EVENTS, WebhookEventName
 
@@ -25,7 +27,10 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="`text:weight:stop` pieces joined by `|`")
+    prompt: str = Field(
+        description="`text:weight:stop` pieces joined by `|`; a schedule joins stages with `^` "
+        "(`a seed ^ a sprout ^ a tree`), each stage painted for `change_every` iterations"
+    )
     model: str | None = Field(None, description="a model this deployment serves; default: its first")
     width: int | None = Field(None, description="pixels, a multiple of 16; default: the model's")
     height: int | None = Field(None, description="pixels, a multiple of 16; default: the model's")
@@ -34,7 +39,33 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; always returned")
     cut_pow: float = Field(GenerationConfig.cut_pow, gt=0, le=MAX_CUT_POW, allow_inf_nan=False)
     # None: the model's own (GET /v1/config `model_defaults`).
-    step_size: float | None = Field(None, gt=0, le=MAX_STEP_SIZE, allow_inf_nan=False)
+    step_size: float | None = Field(
+        None, gt=0, le=MAX_STEP_SIZE, allow_inf_nan=False, description="the optimizer's learning rate"
+    )
+    optimizer: OptimizerName = Field(
+        GenerationConfig.optimizer, description="torch.optim's adam (Crowson's), adamw, radam or nadam"
+    )
+    init: InitKind | None = Field(
+        None,
+        description="how a picture without init_image starts: `codes` (random codebook entries), `pixels` "
+        "(encoded pixel noise) or `gradient` (an encoded smooth random gradient); default: the model's "
+        "own (MODELS.md)",
+    )
+    change_every: int | None = Field(
+        None, ge=1, description="iterations per stage of a `^` schedule; default: the iterations split evenly"
+    )
+    plateau_window: int | None = Field(
+        None,
+        ge=1,
+        description="stop early (state `succeeded`, `stopped_at` set) when the loss of the last stage "
+        "improved by `plateau_delta` or less over this many iterations; default: never",
+    )
+    plateau_delta: float = Field(
+        GenerationConfig.plateau_delta,
+        ge=0,
+        allow_inf_nan=False,
+        description="see plateau_window; 0 stops when the window found no lower loss at all",
+    )
     init_weight: float = Field(GenerationConfig.init_weight, ge=0, le=MAX_INIT_WEIGHT, allow_inf_nan=False)
     init_image: str | None = Field(None, description="start picture, base64 (PNG, JPEG or WEBP)")
     image_prompts: list[str] = Field(
@@ -71,6 +102,14 @@ class JobCreate(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class StageView(BaseModel):
+    """Where a job's prompt schedule stands."""
+
+    index: int = Field(description="0-based stage of the latest iteration")
+    count: int
+    text: str = Field(description="the stage's own prompt")
 
 
 class JobLinks(BaseModel):
@@ -120,6 +159,18 @@ class JobView(BaseModel):
     batch: int | None = Field(description="jobs painted together with it at most, itself included")
     error: str | None
     links: JobLinks
+    optimizer: str
+    init: str | None = Field(description="how it starts without an init image; null: the model's own")
+    change_every: int | None = Field(description="iterations per stage of its `^` schedule")
+    plateau_window: int | None
+    plateau_delta: float
+    stage: StageView = Field(description="the stage of the latest iteration (the first one before any)")
+    losses: list[PromptLoss] | None = Field(
+        description="per prompt piece of the current stage, at the latest iteration; null before any"
+    )
+    stopped_at: int | None = Field(
+        description="the iteration where the loss plateaued and the job ended, below `iterations`"
+    )
 
     # --- for the programs that call artgen ---------------------------------------------------------
     webhook: str | None = None

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 from redis.asyncio import Redis
 
-from api.schemas import JobLinks, JobView, WebhookDelivery
+from api.schemas import JobLinks, JobView, StageView, WebhookDelivery
 from shared.deadlines import past_deadline
 from shared.finished import announce_finished, write_finished
 from shared.jobs import CallerOptions, CancelReason, EventType, JobParams, JobRecord, JobState, queue_for
@@ -79,6 +79,14 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         batch=record.batch,
         error=record.error,
         links=links(record.id),
+        optimizer=record.optimizer,
+        init=record.init,
+        change_every=record.change_every,
+        plateau_window=record.plateau_window,
+        plateau_delta=record.plateau_delta,
+        stage=stage_view(record),
+        losses=record.losses,
+        stopped_at=record.stopped_at,
         webhook=record.webhook,
         webhook_events_filter=record.webhook_event_list if record.webhook else None,
         deadline_at=record.deadline_at,
@@ -87,6 +95,12 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         children=record.child_ids,
         start_iteration=record.start_iteration,
     )
+
+
+def stage_view(record: JobRecord) -> StageView:
+    texts = record.stage_texts
+    index = min(record.stage or 0, len(texts) - 1)
+    return StageView(index=index, count=len(texts), text=texts[index])
 
 
 def sse(event: str, data: str, event_id: str | None = None) -> bytes:

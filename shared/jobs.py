@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.params import GenerationConfig
+from shared.params import GenerationConfig, InitKind, OptimizerName
+from shared.prompts import stage_texts
 
 # The API enqueues by name and never imports worker code.
 TASK_GENERATE = "artgen.generate"
@@ -54,6 +56,24 @@ class JobParams(BaseModel):
     # from the parent's last iteration, `start_iteration`; `iterations` counts from the chain's start.
     parent: str | None = None
     start_iteration: int = 0
+    init: InitKind | None = None  # None: the model's own start (worker.models.Preset.noise_init)
+    change_every: int | None = None  # iterations per stage of a `^` schedule (filled in by build_config)
+    optimizer: OptimizerName = GenerationConfig.optimizer
+    plateau_window: int | None = None
+    plateau_delta: float = GenerationConfig.plateau_delta
+
+    @property
+    def stage_texts(self) -> list[str]:
+        """The text of each stage of the prompt's schedule (one stage without `^`)."""
+        return stage_texts(self.prompt)
+
+
+class PromptLoss(BaseModel):
+    """One prompt piece of the stage being painted and its latest CLIP distance (lower: closer)."""
+
+    text: str
+    weight: float
+    distance: float = Field(description="mean spherical distance of the cutouts to the piece, 0..~2.5")
 
 
 class CancelReason(StrEnum):
@@ -97,6 +117,9 @@ class JobRecord(JobParams, CallerOptions):
     note: str | None = None
     cancel_reason: CancelReason | None = None  # set when canceled
     children: str = ""  # comma-separated ids of the jobs that extend this one, oldest first
+    stage: int | None = None  # the schedule's stage (0-based) of the latest iteration
+    losses: list[PromptLoss] | None = None  # per piece of that stage, at the latest iteration
+    stopped_at: int | None = None  # the iteration where the loss plateaued and the job ended early
 
     def to_redis(self) -> dict[str, str]:
         """Encode for HSET: None fields are left out, bools as 0/1, everything else as text."""
@@ -106,6 +129,8 @@ class JobRecord(JobParams, CallerOptions):
                 continue
             if isinstance(value, bool):
                 out[name] = "1" if value else "0"
+            elif isinstance(value, list):
+                out[name] = json.dumps(value)
             else:
                 out[name] = str(value)
         return out
@@ -120,6 +145,8 @@ class JobRecord(JobParams, CallerOptions):
         for flag in ("has_init_image",):
             if flag in decoded:
                 decoded[flag] = decoded[flag] in {"1", "True", "true"}
+        if "losses" in decoded:
+            decoded["losses"] = json.loads(decoded["losses"])
         return cls.model_validate(decoded)
 
     @property
@@ -143,7 +170,8 @@ class JobRecord(JobParams, CallerOptions):
 class EventType(StrEnum):
     """Entries of a job's event stream (`Keys.events`): field `event` is one of these, `data` is JSON."""
 
-    PROGRESS = "progress"  # {"iteration", "iterations", "loss", "its"}
+    # {"iteration", "iterations", "loss", "its", "stage": {"index", "count", "text"}, "losses": [PromptLoss]}
+    PROGRESS = "progress"
     FRAME = "frame"  # {"seq", "iteration"}
     FINISHED = "finished"  # {"state", "error"}
 

@@ -29,13 +29,13 @@ class ManifestError(ValueError):
 
 
 class Segment(BaseModel):
-    """One job of a chain: painted with `prompt` until the chain's iteration `until`."""
+    """One job of a chain: painted with its own `params` until the chain's iteration `until`."""
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: str | None = None
-    prompt: str
-    until: int = Field(ge=1)
+    until: int = Field(ge=1, description="the iteration this job ended at (counted from the chain's start)")
+    params: dict[str, Any] = Field(description="the job's painting parameters, as `Manifest.params`")
 
 
 class Manifest(BaseModel):
@@ -48,13 +48,12 @@ class Manifest(BaseModel):
     model: str
     seed: int
     params: dict[str, Any] = Field(
-        description="every painting parameter of this job (`prompt` is the last segment's, `iterations` "
-        "the chain's end)"
+        description="every painting parameter of this job, `init` resolved to the model's choice when "
+        "it gave none (`iterations` counts from the chain's start)"
     )
     segments: list[Segment] = Field(
         min_length=1, description="the chain, first job first; one segment for a job that extends nothing"
     )
-    noise_init: str = Field(description="how the picture started: codes or pixels (the model's choice)")
     has_init_image: bool = False
     image_prompt_count: int = 0
     weights_sha256: dict[str, str] = Field(description="SHA-256 of each weights file of the model")
@@ -81,9 +80,11 @@ def painting_params(params: JobParams) -> dict[str, Any]:
     return params.model_dump(include=set(JobParams.model_fields) - _NOT_PAINTING)
 
 
-def chain_segments(parent: Manifest | None, job_id: str | None, prompt: str, until: int) -> list[Segment]:
+def chain_segments(
+    parent: Manifest | None, job_id: str | None, params: dict[str, Any], until: int
+) -> list[Segment]:
     """The segments of a job: its parent's chain, then itself."""
-    own = Segment(job_id=job_id, prompt=prompt, until=until)
+    own = Segment(job_id=job_id, until=until, params=params)
     return [*(parent.segments if parent is not None else []), own]
 
 

@@ -18,8 +18,23 @@ from typing import Literal
 from PIL import Image
 
 from shared.model_facts import MODEL_FACTS, STANDARD, JobDefaults
-from shared.prompts import PromptSpec, PromptSyntaxError, parse_prompts
+from shared.prompts import (
+    PromptSpec,
+    PromptSyntaxError,
+    default_change_every,
+    parse_schedule,
+    stage_texts,
+)
 from shared.settings import Settings
+
+# How a picture without an init image starts: random codebook entries (the notebook's), VQGAN-encoded
+# uniform pixel noise (a smoother, greyish start), or an encoded smooth random colour gradient
+# (nerdyrodent's `--init_noise gradient`).
+InitKind = Literal["codes", "pixels", "gradient"]
+INITS: tuple[InitKind, ...] = ("codes", "pixels", "gradient")
+# The latent's optimiser, all torch.optim with their own defaults beside the learning rate (`step_size`).
+OptimizerName = Literal["adam", "adamw", "radam", "nadam"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "adamw", "radam", "nadam")
 
 # Seeds are handed to torch.Generator.manual_seed; 32 bits keeps them portable to other RNGs.
 MAX_SEED = 2**32 - 1
@@ -54,23 +69,29 @@ def parse_duration(text: str) -> float:
 class GenerationConfig:
     """What to paint and how; defaults follow Crowson's notebook unless a comment says otherwise."""
 
-    prompts: str  # "text:weight:stop|..." (shared.prompts); may be "" when image_prompts are given
+    prompts: str  # "text:weight:stop|... ^ ..." (shared.prompts); may be "" when image_prompts are given
     # Size, iterations, cutn and step size default to the f16 models' (shared.model_facts.STANDARD).
     width: int = STANDARD.size  # pixels; a multiple of the VQGAN's downsampling factor (16)
     height: int = STANDARD.size
     iterations: int = STANDARD.iterations  # optimisation steps
     seed: int | None = None  # None: drawn at random, then exposed as Painter.seed
-    step_size: float = STANDARD.step_size  # Adam learning rate
+    step_size: float = STANDARD.step_size  # the optimiser's learning rate
     cutn: int = STANDARD.cutn  # cutouts per step: more = smoother gradient, linear cost in CLIP
     cut_pow: float = 1.0  # cutout size ~ rand**cut_pow: >1 favours small cutouts (detail), <1 large
     init_image: Image.Image | None = None  # start from this picture's latent instead of noise
     init_weight: float = 0.0  # weight of MSE(z, z_init) * w / 2 (the notebook's, constant, no decay)
     image_prompts: list[Image.Image] = field(default_factory=list)  # weight 1 each, CLIP-encoded cutouts
     augment: bool = True  # per-cutout augmentations + noise (off only for benchmarks/tests)
-    # No init image: start from random codebook entries (the notebook's) or from uniform pixel noise
-    # encoded by the VQGAN (a smoother, greyish start). None: the model's own choice (Preset.noise_init).
-    noise_init: Literal["codes", "pixels"] | None = None
+    # No init image: how the latent starts (INITS). None: the model's own choice (Preset.noise_init).
+    init: InitKind | None = None
     noise_fac: float = 0.1  # per-cutout Gaussian noise std drawn from U(0, noise_fac), as the notebook
+    # A schedule's stages change every this many iterations; None: the iterations split evenly.
+    change_every: int | None = None
+    optimizer: OptimizerName = "adam"  # Crowson's; the others are torch.optim's variants
+    # Stop early when the loss improved by plateau_delta or less over the last plateau_window iterations
+    # of the last stage (PlateauDetector). None: always run every iteration.
+    plateau_window: int | None = None
+    plateau_delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +167,19 @@ def _deployed(own: JobDefaults, settings: Settings) -> JobDefaults:
     )
 
 
-def prompt_specs(config: GenerationConfig) -> list[PromptSpec]:
-    """The text prompts of a config; none when it paints towards image prompts alone."""
+def prompt_specs(config: GenerationConfig) -> list[list[PromptSpec]]:
+    """The text prompts of each stage of a config; one stage of none when it paints towards image
+    prompts alone."""
     if config.prompts.strip() or not config.image_prompts:
-        return parse_prompts(config.prompts)
-    return []
+        return parse_schedule(config.prompts)
+    return [[]]
+
+
+def change_every_of(config: GenerationConfig, stages: int) -> int:
+    """Iterations per stage: the config's, else the iterations split evenly over the stages."""
+    if config.change_every is not None:
+        return config.change_every
+    return default_change_every(config.iterations, stages)
 
 
 def _number(value: float) -> str:
@@ -207,9 +236,11 @@ def config_errors(
         )
     elif config.prompts.strip() or not image_prompt_count:
         try:
-            parse_prompts(config.prompts)
+            stages = len(parse_schedule(config.prompts))
         except PromptSyntaxError as exc:
             check("prompt", str(exc))
+        else:
+            check("change_every", _stage_problem(config, stages))
 
     multiple, max_size = limits.side_multiple, limits.max_size
     for name, side in (("width", config.width), ("height", config.height)):
@@ -230,9 +261,44 @@ def config_errors(
             "image_prompts",
             f"at most {limits.max_image_prompts} image_prompts (got {image_prompt_count})",
         )
-    if config.noise_init not in (None, "codes", "pixels"):
-        check("noise_init", f"noise_init must be 'codes' or 'pixels', not {config.noise_init!r}")
+    if config.init is not None:
+        if config.init not in INITS:
+            check("init", f"init must be one of {', '.join(INITS)} (got {str(config.init)[:40]!r})")
+        elif has_init_image:
+            check("init", "init chooses how a picture without an init_image starts; give one or the other")
+    if config.optimizer not in OPTIMIZERS:
+        check(
+            "optimizer",
+            f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {str(config.optimizer)[:40]!r})",
+        )
+    check("plateau_delta", _out_of_range("plateau_delta", config.plateau_delta, 0, None))
+    if config.plateau_window is None:
+        if config.plateau_delta:
+            check("plateau_delta", "plateau_delta needs plateau_window")
+    else:
+        check(
+            "plateau_window",
+            _out_of_range("plateau_window", config.plateau_window, 1, max(1, config.iterations - 1)),
+        )
     return errors
+
+
+def _stage_problem(config: GenerationConfig, stages: int) -> str | None:
+    """Why the schedule's stages do not fit the iterations, else None."""
+    if config.change_every is not None and config.change_every < 1:
+        return f"change_every must be at least 1 (got {config.change_every})"
+    if stages < 2 or config.iterations < 1:
+        return None
+    if config.change_every is None:
+        if config.iterations < stages:
+            return f"{stages} prompt stages need at least {stages} iterations (got {config.iterations})"
+        return None
+    if (stages - 1) * config.change_every >= config.iterations:
+        return (
+            f"change_every {config.change_every} never reaches stage {stages} of {stages}: it starts at "
+            f"iteration {(stages - 1) * config.change_every + 1}, after the last ({config.iterations})"
+        )
+    return None
 
 
 def build_config(
@@ -250,6 +316,11 @@ def build_config(
     init_weight: float = GenerationConfig.init_weight,
     init_image: Image.Image | None = None,
     image_prompts: Sequence[Image.Image] = (),
+    init: str | None = None,
+    change_every: int | None = None,
+    optimizer: str = GenerationConfig.optimizer,
+    plateau_window: int | None = None,
+    plateau_delta: float = GenerationConfig.plateau_delta,
     served: Sequence[str] | None = None,
     limits: Limits | None = None,
     has_init_image: bool | None = None,
@@ -259,6 +330,7 @@ def build_config(
 
     `served`: the models this deployment takes jobs for (the API); None accepts any model in the table.
     `limits`: None checks this deployment's limits (`Limits.from_settings`).
+    `change_every` left as None is filled in (the iterations split evenly over the stages).
     Raises InvalidParams listing every error.
     """
     errors: list[ParamError] = []
@@ -285,6 +357,11 @@ def build_config(
         init_image=init_image,
         init_weight=init_weight,
         image_prompts=list(image_prompts),
+        init=init,  # type: ignore[arg-type]  # checked below with the rest
+        change_every=change_every,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        plateau_window=plateau_window,
+        plateau_delta=plateau_delta,
     )
     errors += config_errors(
         config,
@@ -294,6 +371,9 @@ def build_config(
     )
     if errors:
         raise InvalidParams(errors)
+    if config.change_every is None:
+        stages = len(stage_texts(config.prompts)) if config.prompts.strip() else 1
+        config.change_every = change_every_of(config, stages)
     return config
 
 

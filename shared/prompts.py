@@ -1,9 +1,12 @@
-"""The prompt syntax, `text:weight:stop` pieces joined by `|`, parsed without torch.
+"""The prompt syntax, `text:weight:stop` pieces joined by `|`, in stages joined by `^`, parsed without torch.
 
 The API validates with it (so a bad prompt is a 422 before anything is queued) and the engine builds
 its loss terms from it. Colons inside the text are allowed: only trailing pieces that look like
 numbers are read as weight and stop, so "poster: a red fox" keeps its text intact
 (while "a sign saying 10:30" reads 30 as a weight, as in the original notebooks).
+
+A schedule (`a seed ^ a sprout ^ a tree`, nerdyrodent's `^`) paints its stages one after another, each
+for `change_every` iterations; the last stage runs to the end (`stage_at`).
 """
 
 from __future__ import annotations
@@ -90,3 +93,40 @@ def parse_prompts(prompt: str) -> list[PromptSpec]:
     if all(spec.weight < 0 for spec in specs):
         raise PromptSyntaxError("every prompt piece has a negative weight: there is nothing to paint towards")
     return specs
+
+
+STAGE_SEPARATOR = "^"
+
+
+def stage_texts(prompt: str) -> list[str]:
+    """The text of each stage of a schedule, stripped; a prompt without `^` is one stage."""
+    return [stage.strip() for stage in prompt.split(STAGE_SEPARATOR)]
+
+
+def parse_schedule(prompt: str) -> list[list[PromptSpec]]:
+    """Parse `stage ^ stage ^ ...`, each stage a whole `a:1|b:-0.5` prompt; an empty stage is an error."""
+    if not prompt or not prompt.strip():
+        raise PromptSyntaxError("prompt is empty")
+    stages = stage_texts(prompt)
+    if len(stages) == 1:
+        return [parse_prompts(prompt)]
+    schedule = []
+    for index, stage in enumerate(stages, start=1):
+        if not stage:
+            raise PromptSyntaxError(f"stage {index} is empty (two '^' in a row, or one at an end)")
+        try:
+            schedule.append(parse_prompts(stage))
+        except PromptSyntaxError as exc:
+            raise PromptSyntaxError(f"stage {index}: {exc}") from None
+    return schedule
+
+
+def default_change_every(iterations: int, stages: int) -> int:
+    """Iterations per stage when the job does not say: the iterations split evenly, the last stage taking
+    the remainder (10 iterations in 3 stages: 3, 3 and 4)."""
+    return max(1, iterations // max(1, stages))
+
+
+def stage_at(step: int, change_every: int, stages: int) -> int:
+    """The stage (0-based) that paints step `step` (0-based: the step that makes iteration step + 1)."""
+    return min(step // change_every, stages - 1)

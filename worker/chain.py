@@ -22,6 +22,7 @@ from shared.jobs import JobRecord
 from shared.manifest import (
     Manifest,
     ManifestError,
+    Segment,
     artgen_version,
     chain_segments,
     painting_params,
@@ -74,13 +75,16 @@ def build_manifest(
     """The manifest of a job that has just finished painting."""
     from worker.runtime import EngineOptions
 
+    params = painting_params(record)
+    params.update(seed=painter.seed, change_every=painter.change_every)
+    if not record.has_init_image:
+        params["init"] = painter.init  # the model's choice, when the job left it to the model
     return Manifest(
         job_id=record.id,
         model=record.model,
         seed=painter.seed,
-        params={**painting_params(record), "seed": painter.seed},
-        segments=chain_segments(parent, record.id, record.prompt, painter.iteration),
-        noise_init=painter.noise_init,
+        params=params,
+        segments=chain_segments(parent, record.id, params, painter.iteration),
         has_init_image=record.has_init_image or (parent is not None and parent.has_init_image),
         image_prompt_count=record.image_prompt_count,
         weights_sha256=weights_sha256(painter.models, settings.models_dir),
@@ -121,24 +125,20 @@ def continue_parent(store: ResultStore, painter: Painter, record: JobRecord) -> 
 # --- repainting from a manifest -------------------------------------------------------------------
 
 
-def manifest_config(manifest: Manifest, settings: Settings, prompt: str) -> GenerationConfig:
-    """The engine config of one segment of a manifest (its parameters, that segment's prompt)."""
+def manifest_config(manifest: Manifest, settings: Settings, segment: Segment) -> GenerationConfig:
+    """The engine config of one segment of a manifest."""
     if manifest.has_init_image or manifest.image_prompt_count:
         raise ManifestError(
             "this picture was painted from uploaded pictures (an init image or image prompts), "
             "which a manifest does not hold; it cannot be repainted from the manifest alone"
         )
-    params = {**manifest.params, "prompt": prompt, "iterations": manifest.iterations, "seed": manifest.seed}
+    params = {**segment.params, "seed": manifest.seed}
     try:
-        config = build_config(settings, model=manifest.model, limits=Limits(), **params)
+        return build_config(settings, model=manifest.model, limits=Limits(), **params)
     except TypeError as exc:  # a parameter this artgen does not know
         raise ManifestError(f"params: {exc}") from None
     except ValueError as exc:  # InvalidParams, PromptSyntaxError
         raise ManifestError(f"params: {exc}") from None
-    if manifest.noise_init not in ("codes", "pixels"):
-        raise ManifestError(f"noise_init must be codes or pixels, not {manifest.noise_init!r}")
-    config.noise_init = manifest.noise_init  # type: ignore[assignment]
-    return config
 
 
 def manifest_options(manifest: Manifest) -> EngineOptions:
@@ -169,7 +169,7 @@ def repaint(
     """Paint a manifest's chain in this process, segment by segment; the last segment's painter."""
     from worker.engine import Painter
 
-    configs = [manifest_config(manifest, settings, segment.prompt) for segment in manifest.segments]
+    configs = [manifest_config(manifest, settings, segment) for segment in manifest.segments]
     painter: Painter | None = None
     for segment, config in zip(manifest.segments, configs, strict=True):
         state = painter.state_dict() if painter is not None else None

@@ -13,7 +13,14 @@ from pathlib import Path
 import click
 from PIL import Image, UnidentifiedImageError
 
-from shared.params import GenerationConfig, InvalidParams, build_config, png_metadata
+from shared.params import (
+    INITS,
+    OPTIMIZERS,
+    GenerationConfig,
+    InvalidParams,
+    build_config,
+    png_metadata,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,11 @@ _FLAGS = {
     "step_size": "--step-size",
     "init_weight": "--init-weight",
     "image_prompts": "--image-prompt",
+    "init": "--init",
+    "change_every": "--change-every",
+    "optimizer": "--optimizer",
+    "plateau_window": "--plateau-window",
+    "plateau_delta": "--plateau-delta",
 }
 
 
@@ -108,7 +120,32 @@ def _default_model(models_dir: Path) -> str:
     help="Cutouts per step [default: ARTGEN_DEFAULT_CUTN, else the model's].",
 )
 @click.option("--cut-pow", type=float, default=GenerationConfig.cut_pow, show_default=True)
-@click.option("--step-size", type=float, help="Adam's learning rate [the model's own]")
+@click.option("--step-size", type=float, help="The optimizer's learning rate [the model's own]")
+@click.option(
+    "--optimizer",
+    default=GenerationConfig.optimizer,
+    show_default=True,
+    help=f"One of {', '.join(OPTIMIZERS)} (torch.optim).",
+)
+@click.option(
+    "--init",
+    "init_kind",
+    default=None,
+    help=f"How a picture without --init-image starts: {', '.join(INITS)} [the model's own].",
+)
+@click.option(
+    "--change-every",
+    type=int,
+    default=None,
+    help="Iterations per stage of a 'a ^ b' schedule [the iterations split evenly].",
+)
+@click.option(
+    "--plateau-window",
+    type=int,
+    default=None,
+    help="Stop early when the loss improved by --plateau-delta or less over this many iterations.",
+)
+@click.option("--plateau-delta", type=float, default=GenerationConfig.plateau_delta, show_default=True)
 @click.option(
     "--preview-every", type=int, default=0, help="Save a frame every N iterations into --frames-dir."
 )
@@ -127,11 +164,16 @@ def generate(
     cutn: int | None,
     cut_pow: float,
     step_size: float | None,
+    optimizer: str,
+    init_kind: str | None,
+    change_every: int | None,
+    plateau_window: int | None,
+    plateau_delta: float,
     preview_every: int,
     frames_dir: Path | None,
     device: str | None,
 ) -> None:
-    """Paint PROMPT ("text:weight:stop|...") into OUT.png, in this process, with a progress bar."""
+    """Paint PROMPT ("text:weight:stop|...", stages joined by "^") into OUT.png, in this process."""
     settings = get_settings()
     # --- validate everything before loading any model; the model comes first, its defaults fill the gaps
     model = model or _default_model(settings.models_dir)
@@ -155,6 +197,11 @@ def generate(
             init_weight=init_weight,
             init_image=init,
             image_prompts=prompt_images,
+            init=init_kind,
+            change_every=change_every,
+            optimizer=optimizer,
+            plateau_window=plateau_window,
+            plateau_delta=plateau_delta,
         )
     except InvalidParams as exc:
         raise _bad_params(exc) from None
@@ -198,13 +245,16 @@ def generate(
     with tqdm(
         total=config.iterations, unit="it", desc="painting", file=sys.stderr, dynamic_ncols=True
     ) as bar:
-        while painter.iteration < config.iterations:
+        while not painter.finished:
             info = painter.step()
-            bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
+            stage = {"stage": f"{info.stage + 1}/{info.stages}"} if info.stages > 1 else {}
+            bar.set_postfix(loss=f"{info.loss:.4f}", **stage, refresh=False)
             bar.update(1)
             if frames_dir is not None and preview_every and info.iteration % preview_every == 0:
                 info.image().save(frames_dir / f"frame_{info.iteration:05d}.png")
 
+    if painter.stopped_at is not None:
+        click.echo(f"the loss plateaued: stopped at iteration {painter.stopped_at}", err=True)
     metadata = png_metadata(config, model=model, seed=painter.seed, iterations=painter.iteration)
     output.write_bytes(png_bytes(painter.image(), metadata))
     click.echo(f"wrote {output} (seed {painter.seed})", err=True)

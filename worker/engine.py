@@ -1,15 +1,16 @@
 """VQGAN+CLIP (Katherine Crowson's method) in one module: small pieces building up to the Painter.
 
 A latent grid z is decoded by a VQGAN (through a straight-through vector quantiser); random cutouts
-of the picture, augmented, are scored by CLIP against the prompts with a spherical distance; Adam
-moves z to lower that loss. Nothing here touches Redis, files or Celery: the caller gets a StepInfo
-per iteration through `on_step` and cancels through `should_cancel`.
+of the picture, augmented, are scored by CLIP against the prompts with a spherical distance; Adam (or
+another torch optimiser) moves z to lower that loss. Nothing here touches Redis, files or Celery: the
+caller gets a StepInfo per iteration through `on_step` and cancels through `should_cancel`.
 
 Every random draw comes from one torch.Generator per Painter, seeded from the job's seed, so two
 Painters in one process never disturb each other and a seed reproduces a picture byte for byte on CPU.
 The only host-device synchronisation per step is the loss readout at the end of `Painter.step`.
 How the networks run (precision, cached weights, compilation) is `worker.runtime`'s business; a
 `BatchPainter` steps several Painters of the same model and size through one decoder and one CLIP pass.
+A prompt schedule (`a ^ b`) gives a Painter one PromptBank per stage; the step picks the stage's bank.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import io
 import math
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,10 +35,11 @@ from shared.params import (
     GenerationConfig,
     InvalidParams,
     Limits,
+    change_every_of,
     config_errors,
     prompt_specs,
 )
-from shared.prompts import PromptSpec
+from shared.prompts import PromptSpec, stage_at
 from worker.runtime import EngineOptions, EngineRuntime, engine_runtime
 
 if TYPE_CHECKING:
@@ -312,6 +315,11 @@ class StepInfo:
     elapsed: float  # seconds since the loop started
     image: Callable[[], Image.Image]  # the picture this step scored (before its update), as PIL on demand
     init_loss: float | None = None  # the init-image term, when init_weight is set
+    stage: int = 0  # the schedule's stage (0-based) this step painted
+    stages: int = 1
+    specs: list[PromptSpec] = field(default_factory=list)  # the stage's prompts, one per entry of losses
+    stage_end: bool = False  # this was the stage's last step and another stage follows
+    converged: bool = False  # the loss has plateaued: the painter stops here (plateau_window)
 
 
 @dataclass
@@ -323,6 +331,7 @@ class GenerationResult:
     losses: list[float]  # per prompt term at the last step ([] when no step ran)
     elapsed: float  # seconds in the loop
     loss: float | None = None  # total loss at the last step
+    stopped_at: int | None = None  # the iteration where the loss plateaued, when it ended the painting
 
 
 def _to_tensor(image: Image.Image, width: int, height: int, device: torch.device) -> torch.Tensor:
@@ -348,8 +357,8 @@ def _clone_to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def validate_config(config: GenerationConfig, factor: int = SIDE_MULTIPLE) -> list[PromptSpec]:
-    """Check a config before any work (shared.params); returns the parsed text prompts.
+def validate_config(config: GenerationConfig, factor: int = SIDE_MULTIPLE) -> list[list[PromptSpec]]:
+    """Check a config before any work (shared.params); returns the parsed text prompts of each stage.
 
     Raises InvalidParams (a ValueError) naming every problem on one line.
     """
@@ -357,6 +366,56 @@ def validate_config(config: GenerationConfig, factor: int = SIDE_MULTIPLE) -> li
     if errors:
         raise InvalidParams(errors)
     return prompt_specs(config)
+
+
+class PlateauDetector:
+    """Says when a loss has stopped improving: the best loss of the last `window` iterations is below the
+    best of all the iterations before them by `delta` or less. It needs window + 1 losses to say so.
+
+    No torch: plain floats, so that its state is a small part of a checkpoint.
+    """
+
+    def __init__(self, window: int, delta: float) -> None:
+        self.window, self.delta = window, delta
+        self.recent: deque[float] = deque()  # the last `window` losses
+        self.best_before = math.inf  # the lowest loss before them
+
+    def observe(self, loss: float) -> bool:
+        """Add the next loss; whether the loss has plateaued."""
+        self.recent.append(loss)
+        if len(self.recent) > self.window:
+            self.best_before = min(self.best_before, self.recent.popleft())
+        if math.isinf(self.best_before):
+            return False
+        return self.best_before - min(self.recent) <= self.delta
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "best_before": self.best_before}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent = deque(float(x) for x in state["recent"])
+        self.best_before = float(state["best_before"])
+
+
+# The latent's optimisers (shared.params.OPTIMIZERS), each with torch's defaults beside the learning rate.
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "radam": torch.optim.RAdam,
+    "nadam": torch.optim.NAdam,
+}
+
+
+def random_gradient(height: int, width: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A smooth random picture (1, 3, H, W) in [0, 1], as nerdyrodent's `gradient` start: each channel
+    ramps linearly from a random start to a random end value, across or down the picture (at random)."""
+    start = torch.rand(3, generator=g, device=device)[:, None, None]  # (3, 1, 1)
+    end = torch.rand(3, generator=g, device=device)[:, None, None]
+    across = (torch.rand(3, generator=g, device=device) < 0.5)[:, None, None]
+    ramp_x = torch.linspace(0, 1, width, device=device)[None, None, :].expand(3, height, width)
+    ramp_y = torch.linspace(0, 1, height, device=device)[None, :, None].expand(3, height, width)
+    ramp = torch.where(across, ramp_x, ramp_y)  # (3, H, W)
+    return (start + (end - start) * ramp)[None]
 
 
 class Painter:
@@ -369,10 +428,18 @@ class Painter:
         self.device = models.device
         self.runtime: EngineRuntime = engine_runtime(models, options)
         vqgan = models.vqgan
-        text_specs = validate_config(config, vqgan.factor)
+        schedule = validate_config(config, vqgan.factor)
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
         # How a picture without an init image starts: the config's choice, else the model's.
-        self.noise_init = config.noise_init or (models.preset.noise_init if models.preset else "codes")
+        self.init = config.init or (models.preset.noise_init if models.preset else "codes")
+        self.stages = len(schedule)
+        self.change_every = change_every_of(config, self.stages)
+        self.plateau = (
+            PlateauDetector(config.plateau_window, config.plateau_delta)
+            if config.plateau_window is not None
+            else None
+        )
+        self.stopped_at: int | None = None  # set when the loss plateaued and ended the painting
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.iteration = 0
         self.make_cutouts = MakeCutouts(
@@ -389,11 +456,13 @@ class Painter:
             # --- initial latent: an init picture's codes, or noise
             if config.init_image is not None:
                 z = self._encode(_to_tensor(config.init_image, config.width, config.height, self.device))
-            elif self.noise_init == "pixels":
+            elif self.init == "pixels":
                 pixels = torch.rand(
                     1, 3, config.height, config.width, generator=self.generator, device=self.device
                 )
                 z = self._encode(pixels)
+            elif self.init == "gradient":
+                z = self._encode(random_gradient(config.height, config.width, self.generator, self.device))
             else:
                 idx = torch.randint(
                     codebook.shape[0], (toks_y * toks_x,), generator=self.generator, device=self.device
@@ -401,35 +470,62 @@ class Painter:
                 z = codebook[idx].view(1, toks_y, toks_x, -1).permute(0, 3, 1, 2)  # (1, C, toks_y, toks_x)
             self.z_init = z.clone() if config.init_weight else None
 
-            # --- prompt embeddings: text rows, then CLIP embeddings of each image prompt's cutouts
-            embeds: list[torch.Tensor] = []
-            if text_specs:
+            # --- prompt embeddings: every stage's text rows (one CLIP text pass for all), then CLIP
+            # embeddings of each image prompt's cutouts, which every stage shares
+            texts = [s.text for stage in schedule for s in stage]
+            text_embeds: list[torch.Tensor] = []
+            if texts:
                 from worker.models import import_clip  # the tokenizer; keeps `import worker.engine` light
 
                 tokens = (
                     import_clip()
-                    .tokenize(
-                        [s.text for s in text_specs], context_length=models.clip.context_length, truncate=True
-                    )
+                    .tokenize(texts, context_length=models.clip.context_length, truncate=True)
                     .to(self.device)
                 )
-                embeds.extend(models.clip.encode_text(tokens).float().split(1))  # P x (1, D)
+                text_embeds = list(models.clip.encode_text(tokens).float().split(1))  # P x (1, D)
+            image_embeds: list[torch.Tensor] = []
             for picture in config.image_prompts:
                 batch = self.make_cutouts(
                     _to_tensor(picture, config.width, config.height, self.device), self.generator
                 )
-                embeds.append(self.runtime.encode_image(batch))  # (cutn, D)
-        specs = text_specs + [PromptSpec(text=f"<image {i + 1}>") for i in range(len(config.image_prompts))]
-        self.prompts = PromptBank(embeds, specs)
+                image_embeds.append(self.runtime.encode_image(batch))  # (cutn, D)
+        image_specs = [PromptSpec(text=f"<image {i + 1}>") for i in range(len(config.image_prompts))]
+        self.banks: list[PromptBank] = []
+        for stage in schedule:
+            mine, text_embeds = text_embeds[: len(stage)], text_embeds[len(stage) :]
+            self.banks.append(PromptBank(mine + image_embeds, stage + image_specs))
 
         self.z = z.detach().clone().requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.z], lr=config.step_size)
+        self.optimizer = OPTIMIZER_CLASSES[config.optimizer]([self.z], lr=config.step_size)
         self._start: float | None = None
         self._ema_dt: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         return self.config.width, self.config.height
+
+    @property
+    def stage(self) -> int:
+        """The stage (0-based) that paints the next step."""
+        return stage_at(self.iteration, self.change_every, self.stages)
+
+    @property
+    def prompts(self) -> PromptBank:
+        """The prompts of the stage that paints the next step."""
+        return self.banks[self.stage]
+
+    @property
+    def finished(self) -> bool:
+        """Every iteration painted, or the loss plateaued."""
+        return self.iteration >= self.config.iterations or self.stopped_at is not None
+
+    def _observe(self, stage: int, loss: float) -> bool:
+        """After a step of `stage`: whether the loss plateaued. Only the last stage is watched, so a
+        schedule is never cut short before its last prompt."""
+        if self.plateau is None or stage != self.stages - 1 or not self.plateau.observe(loss):
+            return False
+        self.stopped_at = self.iteration
+        return True
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (1, 3, H, W) in [0, 1] to quantised latent codes (1, C, H/f, W/f)."""
@@ -457,15 +553,20 @@ class Painter:
         return _step_together([self])[0]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit-exactly (on the same device): latent, Adam, iteration, RNG."""
-        return {
+        """Everything needed to resume bit-exactly (on the same device): latent, optimiser, iteration, RNG,
+        and the plateau detector's recent losses."""
+        state = {
             "version": STATE_VERSION,
             "seed": self.seed,
             "iteration": self.iteration,
             "z": self.z.detach().to("cpu", copy=True),
+            "optimizer_name": self.config.optimizer,
             "optimizer": _clone_to_cpu(self.optimizer.state_dict()),
             "generator": self.generator.get_state().clone(),
         }
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()` of a Painter built with the same models and config."""
@@ -475,6 +576,14 @@ class Painter:
             raise ValueError(f"state was made with seed {state['seed']}, this painter has seed {self.seed}")
         if tuple(state["z"].shape) != tuple(self.z.shape):
             raise ValueError(f"state latent {tuple(state['z'].shape)} does not fit {tuple(self.z.shape)}")
+        # States written before the optimiser was a choice are Adam's.
+        if state.get("optimizer_name", "adam") != self.config.optimizer:
+            raise ValueError(
+                f"state was made with optimizer {state.get('optimizer_name', 'adam')!r}, "
+                f"this painter uses {self.config.optimizer!r}"
+            )
+        if self.plateau is not None and "plateau" in state:
+            self.plateau.load_state_dict(state["plateau"])
         with torch.no_grad():
             self.z.copy_(state["z"].to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -485,7 +594,8 @@ class Painter:
 def _step_together(painters: list[Painter]) -> list[StepInfo]:
     """One optimisation step of every painter: one decoder pass and one CLIP pass over all of them.
 
-    Each painter keeps its own latent, Adam, generator, prompts and init term; the summed loss gives each
+    Each painter keeps its own latent, optimiser, generator, prompts (its stage's) and init term; the
+    summed loss gives each
     latent exactly its own gradient (the latents are independent). One painter alone is `Painter.step`.
     """
     started = time.perf_counter()
@@ -501,10 +611,11 @@ def _step_together(painters: list[Painter]) -> list[StepInfo]:
     cutouts = [p.make_cutouts(out[i : i + 1], p.generator) for i, p in enumerate(painters)]
     embeds = runtime.encode_image(cutouts[0] if len(painters) == 1 else torch.cat(cutouts))  # (sum cutn, D)
 
-    # --- losses (fp32): one term per prompt per painter, plus each pull towards its init latent
+    # --- losses (fp32): one term per prompt of each painter's stage, plus each pull towards its init latent
+    stages = [p.stage for p in painters]
     totals, readouts = [], []
-    for p, e in zip(painters, embeds.split([c.shape[0] for c in cutouts]), strict=True):
-        terms = p.prompts.losses(e)  # (P,)
+    for p, stage, e in zip(painters, stages, embeds.split([c.shape[0] for c in cutouts]), strict=True):
+        terms = p.banks[stage].losses(e)  # (P,)
         total = terms.sum()
         init_term = None
         if p.z_init is not None:
@@ -513,7 +624,7 @@ def _step_together(painters: list[Painter]) -> list[StepInfo]:
         totals.append(total)
         readouts.append((total, terms, init_term))
 
-    # --- optimise each latent with its own Adam, then keep it inside the codebook's range
+    # --- optimise each latent with its own optimiser, then keep it inside the codebook's range
     for p in painters:
         p.optimizer.zero_grad(set_to_none=True)
     loss = totals[0] if len(totals) == 1 else torch.stack(totals).sum()
@@ -537,10 +648,11 @@ def _step_together(painters: list[Painter]) -> list[StepInfo]:
     now = time.perf_counter()
     dt = now - started
     infos, at = [], 0
-    for i, (p, (_, terms, init_term)) in enumerate(zip(painters, readouts, strict=True)):
+    for i, (p, stage, (_, terms, init_term)) in enumerate(zip(painters, stages, readouts, strict=True)):
         n_terms = terms.shape[0]
         mine = values[at : at + 1 + n_terms + (init_term is not None)]
         at += len(mine)
+        converged = p._observe(stage, mine[0])
         p._ema_dt = dt if p._ema_dt is None else 0.8 * p._ema_dt + 0.2 * dt
         # The picture this step scored, already decoded: previews cost no extra decoder pass.
         shown = out[i : i + 1].detach()
@@ -554,6 +666,11 @@ def _step_together(painters: list[Painter]) -> list[StepInfo]:
                 elapsed=now - p._start,
                 image=lambda shown=shown: _to_pil(shown),
                 init_loss=mine[-1] if init_term is not None else None,
+                stage=stage,
+                stages=p.stages,
+                specs=p.banks[stage].specs,
+                stage_end=p.stage != stage and p.iteration < p.config.iterations,
+                converged=converged,
             )
         )
     return infos
@@ -563,7 +680,7 @@ class BatchPainter:
     """Steps several Painters of the same models, size and engine options together.
 
     One decoder pass and one CLIP pass over the concatenated batch per step; each painter keeps its own
-    latent, Adam, generator (cutouts drawn in the same order as alone), prompts, init picture and
+    latent, optimiser, generator (cutouts drawn in the same order as alone), prompts, init picture and
     iteration count. Painters join (`add`) at their own iteration and leave (`remove`) at any time.
     A painter's pictures equal those it paints alone up to the last bits of batched kernels.
     """
@@ -598,10 +715,10 @@ class BatchPainter:
 
     def step(self) -> list[StepInfo]:
         """One iteration of every painter; StepInfos in the order of `.painters`. Remove finished painters
-        first: stepping one past its iteration count is refused."""
+        first: stepping one past its iteration count (or its plateau) is refused."""
         if not self.painters:
             return []
-        done = [p.seed for p in self.painters if p.iteration >= p.config.iterations]
+        done = [p.seed for p in self.painters if p.finished]
         if done:
             raise ValueError(f"painters with seeds {done} have finished; remove them before stepping")
         return _step_together(self.painters)
@@ -627,7 +744,7 @@ def generate(
     started = time.perf_counter()
     last: StepInfo | None = None
     canceled = False
-    while painter.iteration < config.iterations:
+    while not painter.finished:
         if should_cancel is not None and should_cancel():
             canceled = True
             break
@@ -642,6 +759,7 @@ def generate(
         losses=last.losses if last else [],
         elapsed=time.perf_counter() - started,
         loss=last.loss if last else None,
+        stopped_at=painter.stopped_at,
     )
 
 

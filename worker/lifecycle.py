@@ -199,6 +199,7 @@ def start(ctx: WorkerContext, taken: Claim) -> ActiveJob | JobState:
         ctx.worker,
         options=record,
         notify=ctx.notify,
+        stages=record.stage_texts,
     )
     return ActiveJob(record, taken.lock, taken.began, painter, reporter, parent_manifest)
 
@@ -386,6 +387,11 @@ def _build_painter(ctx: WorkerContext, record: JobRecord) -> Painter:
             init_weight=record.init_weight,
             init_image=init_image,
             image_prompts=prompts,
+            init=record.init,
+            change_every=record.change_every,
+            optimizer=record.optimizer,
+            plateau_window=record.plateau_window,
+            plateau_delta=record.plateau_delta,
             limits=Limits(),
         )
         return Painter(models, config, EngineOptions.from_settings(settings))

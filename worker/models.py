@@ -21,12 +21,13 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from shared.model_facts import MODEL_NOTES
+from shared.params import InitKind
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,9 @@ class Preset:
     clip: ClipSpec
     random_seed: int | None = None  # set: random weights from this seed, no files (the `tiny` preset)
     bundled_dir: Path | None = None  # set: files ship in this folder of the package, not in models_dir
-    # How a painting without an init image starts (worker.engine.GenerationConfig.noise_init): random
-    # codebook entries, as the notebook does, or VQGAN-encoded pixel noise.
-    noise_init: Literal["codes", "pixels"] = "codes"
+    # How a painting without an init image starts when its job does not say (GenerationConfig.init):
+    # random codebook entries, as the notebook does, or VQGAN-encoded pixel noise (shared.params.INITS).
+    noise_init: InitKind = "codes"
 
     @property
     def note(self) -> str | None:

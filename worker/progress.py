@@ -153,8 +153,10 @@ class ProgressReporter:
         *,
         options: CallerOptions | None = None,
         notify: Notify | None = None,
+        stages: list[str] | None = None,
     ) -> None:
         self._client = client
+        self._stages = stages or [""]  # each stage's text, for progress events
         self._keys = keys
         self._job_id = job_id
         self._worker = worker
@@ -182,10 +184,26 @@ class ProgressReporter:
 
     def __call__(self, info: StepInfo) -> None:
         keys, job_id = self._keys, self._job_id
-        fields = {"iteration": info.iteration, "loss": f"{info.loss:.6g}", "its": f"{info.its:.4g}"}
+        losses = prompt_losses(info)
+        fields: dict[str, str | int] = {
+            "iteration": info.iteration,
+            "loss": f"{info.loss:.6g}",
+            "its": f"{info.its:.4g}",
+            "stage": info.stage,
+            "losses": json.dumps(losses),
+        }
+        if info.converged:
+            fields["stopped_at"] = info.iteration
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(keys.job(job_id), mapping=fields)
-        event = {"iteration": info.iteration, "iterations": info.total, "loss": info.loss, "its": info.its}
+        event = {
+            "iteration": info.iteration,
+            "iterations": info.total,
+            "loss": info.loss,
+            "its": info.its,
+            "stage": {"index": info.stage, "count": info.stages, "text": self._stage_text(info.stage)},
+            "losses": losses,
+        }
         publish_event(pipe, keys, job_id, EventType.PROGRESS, event)
         pipe.exists(keys.cancel(job_id))
         pipe.exists(keys.shutdown(self._worker))
@@ -197,10 +215,29 @@ class ProgressReporter:
             if self._progress_sent is None or now - self._progress_sent >= self._progress_every_s:
                 self._progress_sent = now
                 announce(self._notify, job_id, self._options, WebhookEvent.PROGRESS, info.iteration)
-        # The first frame comes at once, so a watcher sees the picture start to form.
-        due = info.iteration == 1 or info.iteration % self._preview_every == 0 or info.iteration == info.total
+        # The first frame comes at once, so a watcher sees the picture start to form; the last of each stage
+        # (and of an early stop) too, so that the time-lapse tells a schedule's whole story.
+        due = (
+            info.iteration == 1
+            or info.iteration % self._preview_every == 0
+            or info.iteration == info.total
+            or info.stage_end
+            or info.converged
+        )
         if due:
             self.frames.submit(info.image(), info.iteration)
 
     def should_cancel(self) -> bool:
         return self.cancel_requested
+
+    def _stage_text(self, stage: int) -> str:
+        return self._stages[stage] if stage < len(self._stages) else ""
+
+
+def prompt_losses(info: StepInfo) -> list[dict[str, Any]]:
+    """The step's per-piece rows (shared.jobs.PromptLoss): text, weight, distance. A term is
+    |w| * mean(sign(w) * distance), so the distance is the term over the weight."""
+    return [
+        {"text": spec.text, "weight": spec.weight, "distance": round(term / spec.weight, 6)}
+        for spec, term in zip(info.specs, info.losses, strict=True)
+    ]

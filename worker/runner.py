@@ -138,7 +138,7 @@ class Batch:
             painter = job.painter
             try:
                 job.reporter(info)
-                if painter.iteration >= painter.config.iterations:
+                if painter.finished:  # every iteration, or the loss plateaued
                     if self._leave(job, lifecycle.finish) is JobState.SUCCEEDED:
                         # Off the loop: the other jobs of the batch need not wait for a WebP encoder.
                         self._timelapses.submit(lifecycle.store_timelapse, self.ctx, job.record.id)

@@ -23,9 +23,10 @@ from api.routes.jobs import _ERRORS, IdempotencyKeyHeader, json_response
 from api.schemas import Detail, ExtendRequest, JobCreate, JobView
 from api.store import JobStore, ResultStoreUnavailable, links
 from api.submission import Uploads, caller_options, submit_once
-from api.validation import from_pydantic
+from api.validation import from_pydantic, invalid
 from shared.jobs import JobParams, JobRecord, JobState
 from shared.manifest import painting_params
+from shared.prompts import STAGE_SEPARATOR, stage_texts
 from shared.settings import Settings
 from shared.storage import manifest_key, state_key
 
@@ -73,15 +74,37 @@ async def _check_extendable(store: JobStore, settings: Settings, parent: JobReco
         )
 
 
+def _last_iteration(parent: JobRecord) -> int:
+    """Where the parent's kept state stands: its last iteration (earlier when its loss plateaued)."""
+    return parent.stopped_at if parent.stopped_at is not None else parent.iterations
+
+
 def _continuation(parent: JobRecord, extend: ExtendRequest) -> JobCreate:
-    """The parent's parameters, with the extension's prompt and its count of iterations (checked as any
-    job's are)."""
+    """The parent's parameters with the extension's prompt (default: the parent's last stage) and count of
+    iterations, checked as any job's are. An extension paints one prompt to its end: no schedule, and no
+    early stop (it was asked for these iterations)."""
+    if extend.prompt is not None and STAGE_SEPARATOR in extend.prompt:
+        raise invalid(
+            [
+                {
+                    "loc": ("body", "prompt"),
+                    "msg": f"an extension carries on under one prompt; schedules ({STAGE_SEPARATOR}) are "
+                    "for new jobs",
+                    "type": "value_error",
+                }
+            ]
+        )
     fields: dict[str, Any] = {
         name: value for name, value in painting_params(parent).items() if name in JobCreate.model_fields
     }
-    fields.update(model=parent.model, iterations=extend.iterations)
-    if extend.prompt is not None:
-        fields["prompt"] = extend.prompt
+    fields.update(
+        model=parent.model,
+        iterations=extend.iterations,
+        prompt=extend.prompt if extend.prompt is not None else stage_texts(parent.prompt)[-1],
+        change_every=None,
+        plateau_window=None,
+        plateau_delta=0.0,
+    )
     try:
         return JobCreate.model_validate(fields)
     except ValidationError as exc:
@@ -120,12 +143,9 @@ async def extend_job(
     create = _continuation(parent, body)
 
     def adjust(params: JobParams) -> JobParams:
+        start = _last_iteration(parent)
         return params.model_copy(
-            update={
-                "iterations": parent.iterations + body.iterations,
-                "parent": parent.id,
-                "start_iteration": parent.iterations,
-            }
+            update={"iterations": start + body.iterations, "parent": parent.id, "start_iteration": start}
         )
 
     record, replayed = await submit_once(

@@ -143,3 +143,41 @@ def test_png_metadata_is_the_same_for_the_cli_and_the_runner() -> None:
         "size": "48x32",
     }
     assert png_metadata(config, model="tiny", seed=3, iterations=2, job_id="j1")["job_id"] == "j1"
+
+
+# --- painting choices: schedules, start, optimiser, plateau --------------------------------------------
+
+
+def test_a_schedule_splits_the_iterations_evenly_unless_told() -> None:
+    settings = _settings()
+    assert build_config(settings, prompt="a ^ b ^ c", model="tiny", iterations=10).change_every == 3
+    chosen = build_config(settings, prompt="a ^ b", model="tiny", iterations=10, change_every=7)
+    assert chosen.change_every == 7
+    assert build_config(settings, prompt="a", model="tiny", iterations=10).change_every == 10
+    config = build_config(settings, prompt="a", model="tiny", optimizer="radam", init="gradient")
+    assert (config.optimizer, config.init, config.plateau_window) == ("radam", "gradient", None)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        (
+            {"prompt": "a ^ b ^ c", "iterations": 10, "change_every": 5},
+            "change_every",
+            "change_every 5 never reaches stage 3 of 3: it starts at iteration 11, after the last (10)",
+        ),
+        ({"prompt": "a ^ b", "change_every": 0}, "change_every", "change_every must be at least 1 (got 0)"),
+        ({"prompt": "a ^ b ^ c", "iterations": 2}, "change_every", "3 prompt stages need at least 3"),
+        ({"prompt": "a ^ ^ c"}, "prompt", "stage 2 is empty (two '^' in a row, or one at an end)"),
+        ({"init": "noise"}, "init", "init must be one of codes, pixels, gradient (got 'noise')"),
+        ({"init": "pixels", "has_init_image": True}, "init", "give one or the other"),
+        ({"optimizer": "sgd"}, "optimizer", "optimizer must be one of adam, adamw, radam, nadam (got 'sgd')"),
+        ({"plateau_window": 0}, "plateau_window", "plateau_window must be at least 1 (got 0)"),
+        ({"plateau_window": 100, "iterations": 100}, "plateau_window", "from 1 to 99 (got 100)"),
+        ({"plateau_window": 5, "plateau_delta": -1.0}, "plateau_delta", "at least 0 (got -1.0)"),
+        ({"plateau_window": 5, "plateau_delta": float("inf")}, "plateau_delta", "a finite number"),
+        ({"plateau_delta": 0.1}, "plateau_delta", "plateau_delta needs plateau_window"),
+    ],
+)
+def test_painting_choices_are_checked(params: dict[str, Any], field: str, message: str) -> None:
+    assert message in _refused(settings=_settings(), **params)[field]

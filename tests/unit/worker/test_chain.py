@@ -54,14 +54,15 @@ def _png(painter: Painter) -> bytes:
     return png_bytes(painter.image(), {"prompt": "same metadata for both"})
 
 
-def test_ten_then_ten_equals_twenty_byte_for_byte(tiny_models: LoadedModels) -> None:
-    whole = _painted(tiny_models, [("a red fox", 20)])
-    extended = _painted(tiny_models, [("a red fox", 10), ("a red fox", 20)])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_ten_then_ten_equals_twenty_byte_for_byte(tiny_models: LoadedModels, optimizer: str) -> None:
+    whole = _painted(tiny_models, [("a red fox", 20)], optimizer=optimizer)
+    extended = _painted(tiny_models, [("a red fox", 10), ("a red fox", 20)], optimizer=optimizer)
     assert extended.iteration == whole.iteration == 20
     assert _png(extended) == _png(whole)
     assert torch.equal(extended.z, whole.z)
     # Not trivially equal: ten iterations alone paint something else.
-    assert _png(_painted(tiny_models, [("a red fox", 10)])) != _png(whole)
+    assert _png(_painted(tiny_models, [("a red fox", 10)], optimizer=optimizer)) != _png(whole)
 
 
 def test_a_new_prompt_carries_on_from_the_parent(tiny_models: LoadedModels) -> None:
@@ -71,25 +72,27 @@ def test_a_new_prompt_carries_on_from_the_parent(tiny_models: LoadedModels) -> N
     assert _png(carried) != _png(straight) and _png(carried) != _png(fresh)
 
 
-def _manifest(models: LoadedModels, segments: list[Segment], **params: object) -> Manifest:
-    base: dict[str, object] = {
-        "prompt": segments[-1].prompt,
+def _params(prompt: str, iterations: int) -> dict[str, object]:
+    return {
+        "prompt": prompt,
         "width": 32,
         "height": 32,
-        "iterations": segments[-1].until,
+        "iterations": iterations,
         "seed": SEED,
         "cutn": 4,
         "cut_pow": 1.0,
-        "step_size": GenerationConfig.step_size,
+        "step_size": 0.5,
         "init_weight": 0.0,
-        **params,
+        "init": "codes",
     }
+
+
+def _manifest(models: LoadedModels, segments: list[Segment]) -> Manifest:
     return Manifest(
         model="tiny",
         seed=SEED,
-        params=base,
+        params=segments[-1].params,
         segments=segments,
-        noise_init="codes",
         weights_sha256=weights_sha256(models, Path(".")),
         artgen_version="0",
         torch_version=torch.__version__,
@@ -101,8 +104,11 @@ def _manifest(models: LoadedModels, segments: list[Segment], **params: object) -
 
 def test_repaint_paints_the_whole_chain(tiny_models: LoadedModels, tmp_path: Path) -> None:
     settings = Settings(model="tiny", device="cpu", models_dir=tmp_path)
-    segments = [Segment(prompt="a red fox", until=6), Segment(prompt="a blue whale", until=12)]
-    manifest = _manifest(tiny_models, segments, step_size=0.5)
+    segments = [
+        Segment(until=6, params=_params("a red fox", 6)),
+        Segment(until=12, params=_params("a blue whale", 12)),
+    ]
+    manifest = _manifest(tiny_models, segments)
     painted = repaint(tiny_models, manifest, settings, EngineOptions())
     expected = _painted(tiny_models, [("a red fox", 6), ("a blue whale", 12)])
     assert painted.iteration == 12 and _png(painted) == _png(expected)
@@ -116,11 +122,10 @@ def test_weights_digest_is_taken_once_per_model(tiny_models: LoadedModels) -> No
 
 def test_a_manifest_with_uploaded_pictures_is_refused(tiny_models: LoadedModels, tmp_path: Path) -> None:
     settings = Settings(model="tiny", device="cpu", models_dir=tmp_path)
-    manifest = _manifest(tiny_models, [Segment(prompt="x", until=3)]).model_copy(
-        update={"has_init_image": True}
-    )
+    segment = Segment(until=3, params=_params("x", 3))
+    manifest = _manifest(tiny_models, [segment]).model_copy(update={"has_init_image": True})
     with pytest.raises(ManifestError, match="uploaded pictures"):
-        manifest_config(manifest, settings, "x")
+        manifest_config(manifest, settings, segment)
 
 
 @pytest.mark.parametrize(

@@ -243,9 +243,9 @@ def test_resume_is_bit_exact(tiny_models: LoadedModels) -> None:
 
 
 def test_the_start_is_the_configs_choice_else_the_models(tiny_models: LoadedModels) -> None:
-    def start(models: LoadedModels, noise_init: str | None) -> tuple[str, torch.Tensor]:
-        painter = Painter(models, _config(noise_init=noise_init))
-        return painter.noise_init, painter.z.detach().clone()
+    def start(models: LoadedModels, init: str | None) -> tuple[str, torch.Tensor]:
+        painter = Painter(models, _config(init=init))
+        return painter.init, painter.z.detach().clone()
 
     assert tiny_models.preset is not None and tiny_models.preset.noise_init == "codes"
     kind, codes = start(tiny_models, None)
@@ -278,7 +278,7 @@ def test_init_image_and_image_prompts(tiny_models: LoadedModels) -> None:
         ({"width": 40}, "multiple of 16"),
         ({"iterations": 0}, "at least 1"),
         ({"prompts": "x:1|"}, "empty"),
-        ({"noise_init": "grey"}, "noise_init must be"),
+        ({"init": "grey"}, "init must be"),
     ],
 )
 def test_bad_config_is_refused(tiny_models: LoadedModels, overrides: dict[str, object], message: str) -> None:
