@@ -428,3 +428,58 @@ def test_the_form_takes_the_chosen_models_defaults(browser: Browser, tmp_path: P
         assert not errors, errors
     finally:
         stack.close()
+
+
+# Records, inside the page, every stage line and every set of per-prompt bars the canvas shows.
+STAGES_JS = """
+() => {
+  const seen = {stages: [], bars: []};
+  window.__stages = seen;
+  const stage = document.getElementById("progress-stage");
+  new MutationObserver(() => seen.stages.push(stage.textContent))
+    .observe(stage, {childList: true, characterData: true, subtree: true});
+  const list = document.getElementById("prompt-losses");
+  new MutationObserver(() => seen.bars.push(
+    [...list.querySelectorAll(".prompt-loss")].map((li) => ({
+      text: li.querySelector(".prompt-loss-text").textContent,
+      width: parseFloat(li.querySelector(".prompt-loss-fill").style.width),
+      value: li.querySelector(".prompt-loss-value").textContent,
+    }))
+  )).observe(list, {childList: true});
+}
+"""
+
+
+def test_a_schedule_shows_its_stage_and_per_prompt_bars(page: Page, page_url: str, shot: Shot) -> None:
+    fill_job(page, "a red circle | blue:-0.5 ^ a green square", size=64, iterations=60)
+    page.get_by_label("Change stage every", exact=True).fill("30")
+    page.get_by_label("Optimizer", exact=True).select_option("nadam")
+    page.get_by_label("Start from", exact=True).select_option("gradient")
+    page.evaluate(STAGES_JS)
+    job_id = submit(page)
+
+    stage_line = page.locator("#progress-stage")
+    expect(stage_line).to_have_text("Stage 1 of 2: a red circle | blue:-0.5", timeout=60_000)
+    bars = page.locator("#prompt-losses .prompt-loss")
+    expect(bars).to_have_count(2)
+    expect(bars.nth(0).locator(".prompt-loss-text")).to_have_text("a red circle")
+    expect(bars.nth(1).locator(".prompt-loss-text")).to_have_text("blue ×-0.5")
+    shot(page, "stage-1")
+    expect(stage_line).to_have_text("Stage 2 of 2: a green square", timeout=60_000)
+    expect(bars).to_have_count(1)
+    shot(page, "stage-2")
+    assert wait_finished(page) == "succeeded"
+
+    seen = page.evaluate("window.__stages")
+    stages = [text for text in seen["stages"] if text]
+    assert stages[0].startswith("Stage 1 of 2") and stages[-1].startswith("Stage 2 of 2"), stages
+    assert all(0 < bar["width"] <= 100 for row in seen["bars"] for bar in row), seen["bars"]
+    assert {len(row) for row in seen["bars"] if row} == {1, 2}
+    job = job_view(page_url, job_id)
+    assert (job["optimizer"], job["init"], job["change_every"]) == ("nadam", "gradient", 30)
+    assert job["stage"] == {"index": 1, "count": 2, "text": "a green square"}
+    assert [row["text"] for row in job["losses"]] == ["a green square"]
+    # The last bars shown are the job's own distances.
+    assert seen["bars"][-1][0]["value"] == f"{job['losses'][0]['distance']:.3f}"
+    expect(page.locator("#params-list")).to_contain_text("nadam")
+    expect(page.locator("#params-list")).to_contain_text("2, changing every 30 iterations")

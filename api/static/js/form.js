@@ -7,7 +7,8 @@ import { elements, hideError, showError } from "./dom.js";
 import { formatBytes } from "./format.js";
 
 const PICTURE_TYPES = ["image/png", "image/jpeg", "image/webp"];
-const MORE_SETTINGS = ["cutn", "cut_pow", "step_size", "init_weight"]; // fields inside "More settings"
+// fields inside "More settings"
+const MORE_SETTINGS = ["cutn", "cut_pow", "step_size", "init_weight", "optimizer", "init", "change_every", "plateau_window", "plateau_delta"];
 
 let ui = null;
 let hooks = null; // {submitted(job), keyChanged()}
@@ -23,7 +24,8 @@ export function setupForm(given) {
   ui = elements({
     form: "job-form", prompt: "prompt", model: "model", modelNote: "model-note", width: "width", height: "height",
     iterations: "iterations", seed: "seed", seedClear: "seed-clear", cutn: "cutn", cutPow: "cut_pow",
-    stepSize: "step_size", initWeight: "init_weight", apiKey: "api-key", apiKeyHint: "api-key-hint",
+    stepSize: "step_size", initWeight: "init_weight", optimizer: "optimizer", init: "init",
+    changeEvery: "change_every", plateauWindow: "plateau_window", plateauDelta: "plateau_delta", apiKey: "api-key", apiKeyHint: "api-key-hint",
     initInput: "init-image", dropzone: "dropzone", dropEmpty: "drop-empty", dropPreview: "drop-preview",
     initPreview: "init-preview", initName: "init-name", initRemove: "init-remove", submit: "submit",
     formError: "form-error",
@@ -135,7 +137,13 @@ function formFields() {
     cut_pow: numberField(ui.cutPow),
     step_size: numberField(ui.stepSize),
     init_weight: numberField(ui.initWeight),
+    optimizer: ui.optimizer.value || undefined,
+    init: ui.init.value || undefined,
+    change_every: numberField(ui.changeEvery),
+    plateau_window: numberField(ui.plateauWindow),
   };
+  // The least improvement only means something with a window (the API refuses it alone).
+  if (fields.plateau_window !== undefined) fields.plateau_delta = numberField(ui.plateauDelta);
   for (const name of Object.keys(fields)) if (fields[name] === undefined) delete fields[name];
   return fields;
 }
@@ -145,7 +153,8 @@ function fieldInputs() {
   return {
     prompt: ui.prompt, model: ui.model, width: ui.width, height: ui.height, iterations: ui.iterations,
     seed: ui.seed, cutn: ui.cutn, cut_pow: ui.cutPow, step_size: ui.stepSize, init_weight: ui.initWeight,
-    init_image: ui.initInput,
+    init_image: ui.initInput, optimizer: ui.optimizer, init: ui.init, change_every: ui.changeEvery,
+    plateau_window: ui.plateauWindow, plateau_delta: ui.plateauDelta,
   };
 }
 
@@ -204,6 +213,11 @@ export function paintAgain(job) {
   ui.iterations.value = String(job.iterations);
   ui.cutn.value = String(job.cutn);
   ui.seed.value = String(job.seed);
+  if (job.optimizer) ui.optimizer.value = job.optimizer;
+  ui.init.value = job.init || "";
+  ui.changeEvery.value = job.stage && job.stage.count > 1 && job.change_every ? String(job.change_every) : "";
+  ui.plateauWindow.value = job.plateau_window ? String(job.plateau_window) : "";
+  ui.plateauDelta.value = String(job.plateau_delta || 0);
   updateModelNote();
   ui.form.requestSubmit();
 }

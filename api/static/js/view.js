@@ -27,6 +27,7 @@ export function setupCanvas(given) {
     badge: "job-badge", status: "job-status", canvas: "frame", picture: "picture", frameEmpty: "frame-empty",
     caption: "picture-caption", progressBlock: "progress-block", progress: "progress", progressFill: "progress-fill",
     progressIter: "progress-iter", progressRate: "progress-rate", progressEta: "progress-eta",
+    progressStage: "progress-stage", promptLosses: "prompt-losses",
     jobNote: "job-note", jobError: "job-error", cancel: "cancel", downloadPng: "download-png",
     downloadTimelapse: "download-timelapse", playTimelapse: "play-timelapse", repaint: "repaint",
     params: "params", paramsList: "params-list", saveLink: "save-link",
@@ -184,6 +185,8 @@ function applyProgress(event) {
   job.iteration = event.iteration;
   job.iterations = event.iterations;
   job.loss = event.loss;
+  if (event.stage) job.stage = event.stage;
+  if (event.losses) job.losses = event.losses;
   if (event.its) job.its = event.its;
   job.eta_seconds = job.its ? Math.max(0, (job.iterations - job.iteration) / job.its) : null;
   render();
@@ -199,7 +202,11 @@ const STATUS_TEXT = {
     return text;
   },
   running: (job) => (job.iteration ? "Painting: the picture sharpens as it goes." : "Starting to paint…"),
-  succeeded: (job) => (job.run_s ? `Finished in ${formatDuration(job.run_s)}.` : "Finished."),
+  succeeded: (job) => {
+    const took = job.run_s ? `Finished in ${formatDuration(job.run_s)}` : "Finished";
+    if (job.stopped_at) return `${took}, early: the loss stopped improving at iteration ${job.stopped_at} of ${job.iterations}.`;
+    return `${took}.`;
+  },
   failed: () => "The painting failed.",
   canceled: (job) =>
     job.cancel_reason === "deadline"
@@ -236,6 +243,8 @@ function render() {
     eta = job.queue_position ? `${ordinal(job.queue_position)} in the queue` : "queued";
   }
   ui.progressEta.textContent = eta;
+  renderStage(job);
+  renderLosses(job);
 
   // The model's note, plainly, and the job's error in words
   ui.jobNote.textContent = job.note ? `Note: ${job.note}` : "";
@@ -251,6 +260,45 @@ function render() {
     ui.cancel.textContent = "Cancel";
   }
   if (!ui.picture.hidden) describePicture();
+}
+
+/** The schedule's stage being painted, when the prompt has more than one. */
+function renderStage(job) {
+  const stage = job.stage;
+  const shown = Boolean(stage && stage.count > 1);
+  ui.progressStage.hidden = !shown;
+  if (!shown) return;
+  const text = `Stage ${stage.index + 1} of ${stage.count}: ${shortPrompt(stage.text, 80)}`;
+  if (ui.progressStage.textContent !== text) ui.progressStage.textContent = text;
+  ui.progressStage.dataset.index = String(stage.index);
+}
+
+/** One small bar per prompt piece of the current stage: its CLIP distance (shorter is closer). */
+function renderLosses(job) {
+  const rows = job.losses || [];
+  ui.promptLosses.hidden = rows.length === 0;
+  if (!rows.length) return;
+  const longest = Math.max(...rows.map((row) => row.distance), 1e-9);
+  const items = rows.map((row) => {
+    const item = document.createElement("li");
+    item.className = row.weight < 0 ? "prompt-loss away" : "prompt-loss";
+    const label = document.createElement("span");
+    label.className = "prompt-loss-text";
+    label.textContent = row.weight === 1 ? row.text : `${row.text} ×${row.weight}`;
+    const bar = document.createElement("span");
+    bar.className = "prompt-loss-bar";
+    const fill = document.createElement("span");
+    fill.className = "prompt-loss-fill";
+    fill.style.width = `${Math.max(2, (100 * row.distance) / longest)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "prompt-loss-value";
+    value.textContent = row.distance.toFixed(3);
+    item.title = `${row.text}: distance ${row.distance.toFixed(4)}${row.weight < 0 ? " (painted away from)" : ""}`;
+    item.append(label, bar, value);
+    return item;
+  });
+  ui.promptLosses.replaceChildren(...items);
 }
 
 function showFinished(job) {
@@ -271,6 +319,11 @@ function renderParams(job) {
     ["Cutouts", String(job.cutn)],
     ["Seed", String(job.seed)],
   ];
+  if (job.optimizer) rows.push(["Optimizer", job.optimizer]);
+  if (job.init) rows.push(["Start", job.init]);
+  if (job.stage && job.stage.count > 1) rows.push(["Stages", `${job.stage.count}, changing every ${job.change_every} iterations`]);
+  if (job.plateau_window) rows.push(["Stop on plateau", `${job.plateau_window} iterations, least improvement ${job.plateau_delta}`]);
+  if (job.stopped_at) rows.push(["Stopped at", `iteration ${job.stopped_at} (the loss stopped improving)`]);
   if (job.queue_wait_s !== null && job.queue_wait_s !== undefined) rows.push(["Waited", formatDuration(job.queue_wait_s)]);
   if (job.run_s !== null && job.run_s !== undefined) rows.push(["Painted in", formatDuration(job.run_s)]);
   if (job.loss !== null && job.loss !== undefined) rows.push(["Final loss", job.loss.toFixed(4)]);

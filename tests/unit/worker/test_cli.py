@@ -196,3 +196,47 @@ def test_a_worker_asked_for_fp16_on_a_cpu_exits_with_one_line(tmp_path: Path) ->
     result = _start_worker(tmp_path, ARTGEN_DEVICE="cpu", ARTGEN_ENGINE_PRECISION="fp16")
     assert result.returncode == 2, result.stderr
     assert result.stderr == "Error: precision fp16 is for CUDA; on CPU use bf16 or fp32\n"
+
+
+# --- painting choices ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--optimizer", "sgd"], "--optimizer: optimizer must be one of adam, adamw, radam, nadam"),
+        (["--init", "noise"], "--init: init must be one of codes, pixels, gradient"),
+        (["--change-every", "0"], "--change-every: change_every must be at least 1"),
+        (
+            ["--iterations", "4", "--change-every", "4"],
+            "--change-every: change_every 4 never reaches stage 2",
+        ),
+        (["--plateau-window", "0"], "--plateau-window: plateau_window must be at least 1"),
+        (["--plateau-delta", "0.5"], "--plateau-delta: plateau_delta needs plateau_window"),
+        (
+            ["--plateau-window", "2", "--plateau-delta", "-1"],
+            "--plateau-delta: plateau_delta must be at least 0",
+        ),
+    ],
+)
+def test_bad_painting_choices_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _run("generate", "a fox ^ a dog", "--model", "tiny", *args, "-o", str(tmp_path / "o.png"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_generate_with_a_schedule_optimizer_start_and_plateau(tmp_path: Path) -> None:
+    out, frames = tmp_path / "story.png", tmp_path / "frames"
+    result = _run(
+        "generate", "a seed ^ a tree", "--model", "tiny", "--size", "32", "--iterations", "20", "--cutn", "2",
+        "--seed", "3", "--change-every", "3", "--optimizer", "adamw", "--init", "gradient",
+        "--plateau-window", "2", "--plateau-delta", "100", "--preview-every", "1",
+        "--frames-dir", str(frames), "-o", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Stage 1 runs its 3 iterations; the last stage is watched and plateaus as soon as it can judge (3 more).
+    assert "stopped at iteration 6" in result.output
+    assert len(list(frames.iterdir())) == 6
+    with Image.open(out) as image:
+        assert image.text["iterations"] == "6"

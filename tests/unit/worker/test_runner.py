@@ -342,3 +342,94 @@ def test_a_job_that_would_outlast_the_time_limit_does_not_join(
     assert run_job(client, hurried, short.id, "w1", requeued, store) is JobState.SUCCEEDED
     # 1000 iterations at the batch's measured pace (>= 1 ms per step) need more than 0.9 s.
     assert read(client, long.id).state is JobState.QUEUED
+
+
+# --- painting choices: schedules, per-prompt losses, plateau, optimisers and starts --------------------
+
+
+def test_a_schedule_reports_its_stage_and_per_prompt_losses(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    record = queue_job(
+        client,
+        prompt="a seed ^ a sprout:2|rain:-0.5 ^ a tree",
+        iterations=10,
+        change_every=3,
+        preview_every=5,
+    )
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.SUCCEEDED
+    stream = events(client, record.id)
+    progress = [data for kind, data in stream if kind == "progress"]
+    assert [p["stage"]["index"] for p in progress] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert {p["stage"]["count"] for p in progress} == {3}
+    assert progress[3]["stage"]["text"] == "a sprout:2|rain:-0.5"
+    assert [(r["text"], r["weight"]) for r in progress[3]["losses"]] == [("a sprout", 2.0), ("rain", -0.5)]
+    assert all(r["distance"] > 0 for p in progress for r in p["losses"])
+    # A frame at iteration 1, every 5th, the last, and the last of each stage that another follows (3, 6).
+    frames = [data["iteration"] for kind, data in stream if kind == "frame"]
+    assert frames == [1, 3, 5, 6, 10]
+    final = read(client, record.id)
+    assert final.stage == 2 and final.losses is not None and [r.text for r in final.losses] == ["a tree"]
+    assert final.stopped_at is None and final.iteration == 10
+
+
+def test_a_plateau_ends_the_job_succeeded_early(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    record = queue_job(client, iterations=20, plateau_window=3, plateau_delta=100.0)
+    assert run_job(client, settings, record.id, "w1", requeued, store) is JobState.SUCCEEDED
+    final = read(client, record.id)
+    assert final.stopped_at == 4 and final.iteration == 4 and final.iterations == 20
+    assert [d["iteration"] for k, d in events(client, record.id) if k == "progress"] == [1, 2, 3, 4]
+    assert Image.open(io.BytesIO(client.get(KEYS.result(record.id)))).text["iterations"] == "4"
+
+
+def test_mixed_choices_share_a_batch_and_equal_solo_runs(
+    client: fakeredis.FakeRedis, fp32: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    params = [
+        {"prompt": "a fox ^ a dog", "seed": 1, "iterations": 6, "change_every": 2, "optimizer": "adamw"},
+        {"prompt": "a red sky", "seed": 2, "iterations": 6, "optimizer": "nadam", "init": "gradient"},
+        {"prompt": "a lake", "seed": 3, "iterations": 6, "plateau_window": 2, "plateau_delta": 100.0},
+    ]
+    together = [queue_job(client, **p) for p in params]
+    assert run_job(client, fp32, together[0].id, "w1", requeued, store) is JobState.SUCCEEDED
+    finals = [read(client, j.id) for j in together]
+    assert [f.state for f in finals] == [JobState.SUCCEEDED] * 3 and [f.batch for f in finals] == [3, 3, 3]
+    assert [f.iteration for f in finals] == [6, 6, 3] and finals[2].stopped_at == 3
+    alone = fp32.model_copy(update={"batch_size": 1})
+    for job, p in zip(together, params, strict=True):
+        solo = queue_job(client, **p)
+        assert run_job(client, alone, solo.id, "w2", requeued, store) is JobState.SUCCEEDED
+        assert np.abs(result_pixels(client, solo.id) - result_pixels(client, job.id)).max() <= 2
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "nadam"])
+def test_a_resumed_job_keeps_its_optimizer_and_picture(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore, optimizer: str
+) -> None:
+    from worker.engine import GenerationConfig, Painter
+    from worker.models import get_models
+
+    whole = queue_job(client, seed=5, optimizer=optimizer, init="gradient")
+    run_job(client, settings, whole.id, "w1", requeued, store)
+    # A job whose first worker died after iteration 4, its checkpoint (optimizer state included) saved.
+    resumed = queue_job(
+        client, seed=5, optimizer=optimizer, init="gradient", state="running", attempts=1, iteration=4
+    )
+    painter = Painter(
+        get_models("tiny", settings.models_dir, "cpu"),
+        GenerationConfig(
+            prompts=resumed.prompt, width=32, height=32, iterations=8, seed=5, cutn=4,
+            optimizer=optimizer, init="gradient",  # type: ignore[arg-type]
+        ),
+    )  # fmt: skip
+    for _ in range(4):
+        painter.step()
+    buffer = io.BytesIO()
+    torch.save(painter.state_dict(), buffer)
+    client.set(KEYS.checkpoint(resumed.id), buffer.getvalue())
+    assert run_job(client, settings, resumed.id, "w2", requeued, store) is JobState.SUCCEEDED
+    assert read(client, resumed.id).resumed_from == 4
+    same = [Image.open(io.BytesIO(client.get(KEYS.result(j.id)))).tobytes() for j in (whole, resumed)]
+    assert same[0] == same[1]
