@@ -20,7 +20,7 @@ from shared.keys import Keys
 from shared.model_facts import MODEL_NOTES
 from shared.settings import Settings
 from shared.storage import ResultStore, job_store_keys, result_key
-from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING
+from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING, REMOVE_CHILD
 from shared.webhooks import Notify
 
 
@@ -324,6 +324,8 @@ class JobStore:
             pipe.zrem(index, job_id)
         pipe.zrem(keys.deadlines(), job_id)
         pipe.srem(keys.running(), job_id)
+        if current.parent is not None:  # the parent no longer lists it
+            pipe.eval(REMOVE_CHILD, 1, keys.job(current.parent), job_id)
         await pipe.execute()
         # and again after Redis: a copy stored in between (a time-lapse) is gone too; one stored later
         # finds no record, and its writer removes it.

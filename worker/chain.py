@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from shared.jobs import JobRecord
+from shared.jobs import JobParams, JobRecord
 from shared.manifest import (
     Manifest,
     ManifestError,
@@ -69,24 +69,39 @@ def weights_sha256(models: LoadedModels, models_dir: Path) -> dict[str, str]:
     return out
 
 
+def config_params(config: GenerationConfig, model: str, seed: int) -> JobParams:
+    """The job parameters of a config painted outside the service (the CLI): its fields by their names."""
+    same = {name: getattr(config, name) for name in JobParams.model_fields if hasattr(config, name)}
+    return JobParams.model_validate(
+        {
+            **same,
+            "prompt": config.prompts,
+            "model": model,
+            "seed": seed,
+            "has_init_image": config.init_image is not None,
+            "image_prompt_count": len(config.image_prompts),
+        }
+    )
+
+
 def build_manifest(
-    record: JobRecord, painter: Painter, settings: Settings, parent: Manifest | None
+    job: JobParams, job_id: str | None, painter: Painter, settings: Settings, parent: Manifest | None
 ) -> Manifest:
-    """The manifest of a job that has just finished painting."""
+    """The manifest of a job (or a CLI painting: no job id) that has just finished painting."""
     from worker.runtime import EngineOptions
 
-    params = painting_params(record)
+    params = painting_params(job)
     params.update(seed=painter.seed, change_every=painter.change_every)
-    if not record.has_init_image:
+    if not job.has_init_image:
         params["init"] = painter.init  # the model's choice, when the job left it to the model
     return Manifest(
-        job_id=record.id,
-        model=record.model,
+        job_id=job_id,
+        model=job.model,
         seed=painter.seed,
         params=params,
-        segments=chain_segments(parent, record.id, params, painter.iteration),
-        has_init_image=record.has_init_image or (parent is not None and parent.has_init_image),
-        image_prompt_count=record.image_prompt_count,
+        segments=chain_segments(parent, job_id, params, painter.iteration),
+        has_init_image=job.has_init_image or (parent is not None and parent.has_init_image),
+        image_prompt_count=job.image_prompt_count,
         weights_sha256=weights_sha256(painter.models, settings.models_dir),
         artgen_version=artgen_version(),
         torch_version=torch.__version__,

@@ -277,7 +277,14 @@ def generate(
 
     if painter.stopped_at is not None:
         click.echo(f"the loss plateaued: stopped at iteration {painter.stopped_at}", err=True)
-    metadata = png_metadata(config, model=model, seed=painter.seed, iterations=painter.iteration)
+    from worker import chain
+
+    manifest = chain.build_manifest(
+        chain.config_params(config, model, painter.seed), None, painter, settings, parent=None
+    )
+    metadata = png_metadata(
+        config, model=model, seed=painter.seed, iterations=painter.iteration, manifest=manifest.to_json()
+    )
     output.write_bytes(png_bytes(painter.image(), metadata))
     click.echo(f"wrote {output} (seed {painter.seed})", err=True)
 

@@ -239,7 +239,7 @@ def finish(ctx: WorkerContext, job: ActiveJob) -> JobState:
 
     record, painter = job.record, job.painter
     job.reporter.frames.close()  # every preview lands before the job is reported finished
-    manifest = chain.build_manifest(record, painter, ctx.settings, job.parent_manifest)
+    manifest = chain.build_manifest(record, record.id, painter, ctx.settings, job.parent_manifest)
     # What an extension continues from, and the manifest: kept before the job is `succeeded`.
     chain.keep_final(ctx.store, record, painter, manifest)
     metadata = png_metadata(

@@ -29,17 +29,9 @@ from shared.manifest import painting_params
 from shared.prompts import STAGE_SEPARATOR, stage_texts
 from shared.settings import Settings
 from shared.storage import manifest_key, state_key
+from shared.transitions import ADD_CHILD
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-# Appends a child's id to its parent's `children`, if the parent's record still exists.
-_ADD_CHILD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local children = redis.call('HGET', KEYS[1], 'children')
-if children and children ~= '' then children = children .. ',' .. ARGV[1] else children = ARGV[1] end
-redis.call('HSET', KEYS[1], 'children', children)
-return 1
-"""
 
 
 async def _from_store(store: JobStore, read: Any, key: str) -> Any:
@@ -166,7 +158,7 @@ async def extend_job(
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     else:
-        await store.redis.eval(_ADD_CHILD, 1, store.keys.job(parent.id), record.id)
+        await store.redis.eval(ADD_CHILD, 1, store.keys.job(parent.id), record.id)
     return json_response(await store.view(record), 200 if replayed else 202, headers)
 
 

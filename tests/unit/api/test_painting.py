@@ -168,3 +168,36 @@ def test_delete_removes_the_kept_state_and_manifest(
     assert not results.exists(state_key(job["id"])) and not results.exists(manifest_key(job["id"]))
     assert not (results.root / job["id"]).exists()
     assert list(worker.client.scan_iter(match=f"{Keys(PREFIX).prefix}:*{job['id']}*")) == []
+
+
+def test_deleting_a_child_takes_it_off_its_parents_list(
+    client: TestClient, submit: Submit, worker: FakeWorker, results: DirectoryStore
+) -> None:
+    parent = _succeeded(submit, worker, results)
+    first, second = (
+        client.post(f"/v1/jobs/{parent['id']}/extend", json={"iterations": n}).json()["id"] for n in (3, 4)
+    )
+    assert client.get(f"/v1/jobs/{parent['id']}").json()["children"] == [first, second]
+    assert client.delete(f"/v1/jobs/{first}").status_code == 204
+    assert client.get(f"/v1/jobs/{parent['id']}").json()["children"] == [second]
+    # A child whose parent is gone is deleted cleanly, and nothing of the parent comes back.
+    assert client.delete(f"/v1/jobs/{parent['id']}").status_code == 204
+    assert client.get(f"/v1/jobs/{second}").json()["parent"] == parent["id"]
+    assert client.delete(f"/v1/jobs/{second}").status_code == 204
+    assert list(worker.client.scan_iter(match=f"*{parent['id']}*")) == []
+
+
+def test_a_schedule_carries_on_under_its_last_stage(
+    client: TestClient, submit: Submit, worker: FakeWorker, results: DirectoryStore
+) -> None:
+    parent = _succeeded(submit, worker, results, prompt="a seed ^ a sprout ^ a tree", iterations=9)
+    child = client.post(f"/v1/jobs/{parent['id']}/extend", json={"iterations": 4}).json()
+    record = worker.record(child["id"])
+    assert (record.prompt, record.change_every, record.start_iteration, record.iterations) == (
+        "a tree",
+        4,
+        9,
+        13,
+    )
+    answer = client.post(f"/v1/jobs/{parent['id']}/extend", json={"iterations": 4, "prompt": "a ^ b"})
+    assert answer.status_code == 422 and "schedules" in answer.text

@@ -116,3 +116,15 @@ def test_a_bad_manifest_is_one_line_and_exit_2(
 def test_neither_prompt_nor_manifest_is_one_line(tmp_path: Path) -> None:
     answer = _run("generate", "-o", str(tmp_path / "o.png"))
     assert answer.exit_code == 2 and "give PROMPT, or --manifest FILE" in answer.output
+
+
+def test_a_picture_the_cli_painted_repaints_itself(tmp_path: Path) -> None:
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    painted = _run(
+        "generate", "a quiet harbour ^ a storm", "--model", "tiny", "--size", "32x32", "--iterations", "6",
+        "--cutn", "4", "--step-size", "0.5", "--optimizer", "radam", "--init", "gradient", "-o", str(first),
+    )  # fmt: skip
+    assert painted.exit_code == 0, painted.output
+    answer = _run("generate", "--manifest", str(first), "-o", str(again))
+    assert answer.exit_code == 0, answer.output
+    assert _pixels(again) == _pixels(first)
