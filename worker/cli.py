@@ -191,6 +191,8 @@ def generate(
     """Paint PROMPT ("text:weight:stop|...", stages joined by "^") into OUT.png, in this process; or
     repaint what a manifest records (--manifest)."""
     settings = get_settings()
+    if preview_every < 0 or (preview_every and frames_dir is None):
+        raise BadInput("--preview-every N needs N >= 1 and --frames-dir")
     if manifest_path is not None:
         _refuse_painting_options(click.get_current_context(), prompt)
         _repaint(manifest_path, output, device, preview_every, frames_dir)
@@ -199,8 +201,6 @@ def generate(
         raise BadInput("give PROMPT, or --manifest FILE to repaint a recorded picture")
     # --- validate everything before loading any model; the model comes first, its defaults fill the gaps
     model = model or _default_model(settings.models_dir)
-    if preview_every < 0 or (preview_every and frames_dir is None):
-        raise BadInput("--preview-every N needs N >= 1 and --frames-dir")
     width, height = _parse_size(size) if size else (None, None)
     init = _open_image(init_image, "--init-image") if init_image else None
     prompt_images = [_open_image(p, "--image-prompt") for p in image_prompts]
@@ -338,8 +338,6 @@ def _repaint(
     """Paint a manifest's chain again; on the machine and device that painted it, the same pixels."""
     settings = get_settings()
     manifest = _read_manifest(path)
-    if preview_every < 0 or (preview_every and frames_dir is None):
-        raise BadInput("--preview-every N needs N >= 1 and --frames-dir")
     if not output.parent.is_dir():
         raise BadInput(f"-o {output}: folder {output.parent} does not exist")
     from worker import chain
