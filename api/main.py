@@ -27,7 +27,7 @@ from api.fanout import EventHub, make_event_redis
 from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
-from api.routes import aliases, config, health, jobs
+from api.routes import aliases, config, health, jobs, painting
 from api.schemas import JobCreate
 from api.store import JobStore, ResultStoreUnavailable
 from shared.keys import Keys
@@ -130,6 +130,7 @@ def create_app(
     app.state.api_keys = ApiKeys(settings)
     app.state.metrics = Metrics()
     app.include_router(jobs.router)
+    app.include_router(painting.router)
     app.include_router(aliases.router)
     app.include_router(health.router)
     app.include_router(config.router)

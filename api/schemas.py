@@ -121,6 +121,8 @@ class JobLinks(BaseModel):
     events: str
     cancel: str
     deliveries: str
+    manifest: str
+    extend: str
 
 
 class JobView(BaseModel):
@@ -138,7 +140,9 @@ class JobView(BaseModel):
     cutn: int
     iterations: int
     iteration: int
-    progress: float = Field(description="iteration / iterations, 0..1")
+    progress: float = Field(
+        description="iteration / iterations, 0..1 (an extension: counted from its start_iteration)"
+    )
     its: float | None = Field(description="iterations per second")
     eta_seconds: float | None
     queue_position: int | None = Field(description="1 = next to start; null unless queued")
@@ -177,6 +181,24 @@ class JobView(BaseModel):
     cancel_reason: CancelReason | None = Field(
         None, description='why a canceled job was canceled: "client" or "deadline"'
     )
+
+    # --- chains (POST /v1/jobs/{id}/extend) -------------------------------------------------------
+    parent: str | None = Field(None, description="the job this one extends")
+    children: list[str] = Field(default_factory=list, description="the jobs that extend this one")
+    start_iteration: int = Field(
+        0,
+        description="the parent's last iteration, where this job starts (`iterations` counts from the "
+        "chain's start)",
+    )
+
+
+class ExtendRequest(BaseModel):
+    """Carry a succeeded job on: more iterations from its final latent and optimiser state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(description="iterations to add, from 1 to the deployment's max_iterations")
+    prompt: str | None = Field(None, description="carry on under this prompt; default: the parent's")
 
 
 class WebhookDelivery(BaseModel):

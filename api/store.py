@@ -21,7 +21,7 @@ from shared.keys import Keys
 from shared.model_facts import MODEL_FACTS, MODEL_NOTES
 from shared.settings import Settings
 from shared.storage import ResultStore, job_store_keys, result_key
-from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING
+from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING, REMOVE_CHILD
 from shared.webhooks import Notify
 
 # The record and, while it is queued, its place in its model's queue: one round trip for GET /v1/jobs/{id}.
@@ -72,6 +72,8 @@ def links(job_id: str) -> JobLinks:
         events=f"{base}/events",
         cancel=f"{base}/cancel",
         deliveries=f"{base}/deliveries",
+        manifest=f"{base}/manifest",
+        extend=f"{base}/extend",
     )
 
 
@@ -124,6 +126,9 @@ def view_of(record: JobRecord, queue_position: int | None, now: float | None = N
         webhook_events_filter=record.webhook_event_list if record.webhook else None,
         deadline_at=record.deadline_at,
         cancel_reason=record.cancel_reason,
+        parent=record.parent,
+        children=record.child_ids,
+        start_iteration=record.start_iteration,
     )
 
 
@@ -385,6 +390,8 @@ class JobStore:
             pipe.zrem(index, job_id)
         pipe.zrem(keys.deadlines(), job_id)
         pipe.srem(keys.running(), job_id)
+        if current.parent is not None:  # the parent no longer lists it
+            pipe.eval(REMOVE_CHILD, 1, keys.job(current.parent), job_id)
         await pipe.execute()
         # and again after Redis: a copy stored in between (a time-lapse) is gone too; one stored later
         # finds no record, and its writer removes it.

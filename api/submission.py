@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -18,12 +19,15 @@ from api.store import JobStore
 from api.uploads import UploadError, decode_base64, to_png
 from api.urlguard import AllowList, RefusedUrl, check_webhook_url
 from api.validation import invalid, job_params
-from shared.jobs import CallerOptions, JobRecord, queue_for
+from shared.jobs import CallerOptions, JobParams, JobRecord, queue_for
 from shared.params import parse_duration
 from shared.settings import Settings
 from shared.webhooks import DEFAULT_WEBHOOK_EVENTS
 
 log = logging.getLogger(__name__)
+
+# Changes a request's checked parameters into the job's (`submit_job`'s `adjust`).
+Adjust = Callable[[JobParams], JobParams]
 
 # Seconds a client should wait before trying again when the queue is full or the broker is away.
 RETRY_AFTER_S = 10
@@ -122,14 +126,20 @@ async def submit_job(
     metrics: Metrics,
     options: CallerOptions | None = None,
     idempotency_value: str | None = None,
+    adjust: Adjust | None = None,
 ) -> JobRecord:
-    """Validate, store, enqueue; raises HTTPException/RequestValidationError for every refusal."""
+    """Validate, store, enqueue; raises HTTPException/RequestValidationError for every refusal.
+
+    `adjust` turns the checked parameters into the job's (an extension sets its parent and iterations).
+    """
     params = job_params(
         request,
         settings,
         has_init_image=uploads.init_image is not None,
         image_prompt_count=len(uploads.image_prompts),
     )
+    if adjust is not None:
+        params = adjust(params)
     depth = await store.queue_depth(params.model)
     if depth >= settings.max_queue_depth:
         metrics.jobs_rejected.labels("queue_full").inc()
@@ -185,6 +195,7 @@ async def submit_once(
     options: CallerOptions,
     idempotency_key: str | None,
     fingerprint_of: tuple[object, ...],
+    adjust: Adjust | None = None,
 ) -> tuple[JobRecord, bool]:
     """`submit_job` under an optional `Idempotency-Key`: the job, and whether it is an earlier request's.
 
@@ -211,6 +222,7 @@ async def submit_once(
             metrics=metrics,
             options=options,
             idempotency_value=reservation.fingerprint if reservation is not None else None,
+            adjust=adjust,
         )
     except BaseException:
         if reservation is not None:

@@ -39,7 +39,7 @@ from shared.jobs import JobRecord
 from shared.keys import Keys
 from shared.settings import Settings, get_settings
 from shared.stats import webhook_field
-from shared.storage import DirectoryStore, make_store
+from shared.storage import STATE_FILE, DirectoryStore, make_store
 from shared.transitions import RECORD_WEBHOOK_ATTEMPT, START_WEBHOOK_ATTEMPT
 from shared.webhooks import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE, celery_notify, retry_delay
 
@@ -243,7 +243,8 @@ class Chores:
 
     @property
     def _sweep_every(self) -> float:
-        ttl = self._settings.result_ttl_s or 0
+        settings = self._settings
+        ttl = min(settings.result_ttl_s or settings.state_ttl_s, settings.state_ttl_s)
         return min(600.0, max(1.0, ttl / 10))
 
     def start(self) -> None:
@@ -257,9 +258,8 @@ class Chores:
             expire_deadlines(self._client, self._settings, self._notify)
         except Exception as exc:  # Redis away: the next round tries again
             log.warning("looking for queued jobs past their deadline failed: %s", exc)
-        ttl = self._settings.result_ttl_s
         now = time.monotonic()
-        if ttl is None or (self._swept is not None and now - self._swept < self._sweep_every):
+        if self._swept is not None and now - self._swept < self._sweep_every:
             return
         self._swept = now
         try:
@@ -274,20 +274,24 @@ class Chores:
 
 
 def sweep_results(settings: Settings, client: Any, now: float | None = None) -> int:
-    """Remove results older than `ARTGEN_RESULT_TTL_S` from the directory store (one sweeper at a time;
-    an S3 bucket expires them with its own lifecycle rule, README "Retention"); how many files."""
+    """Remove results older than `ARTGEN_RESULT_TTL_S`, and kept painting states older than
+    `ARTGEN_STATE_TTL_S`, from the directory store (one sweeper at a time; an S3 bucket expires them with
+    its own lifecycle rule, README "Retention"); how many files."""
     store = make_store(settings)
-    if settings.result_ttl_s is None or not isinstance(store, DirectoryStore):
+    if not isinstance(store, DirectoryStore):
         return 0
     keys = Keys(settings.redis_prefix)
     if not client.set(keys.sweep_lock(), "1", nx=True, ex=60):
         return 0
+    now = time.time() if now is None else now
     try:
-        removed = store.sweep(settings.result_ttl_s, time.time() if now is None else now)
+        removed = store.sweep(settings.state_ttl_s, now, name=STATE_FILE)
+        if settings.result_ttl_s is not None:
+            removed += store.sweep(settings.result_ttl_s, now)
     finally:
         client.delete(keys.sweep_lock())
     if removed:
-        log.info("swept %d result file(s) older than %d s", removed, settings.result_ttl_s)
+        log.info("swept %d stored file(s) past their retention", removed)
     return removed
 
 

@@ -52,6 +52,10 @@ class JobParams(BaseModel):
     has_init_image: bool = False
     image_prompt_count: int = 0
     preview_every: int = 5
+    # An extended job (POST /v1/jobs/{id}/extend) continues its parent's final latent and optimiser state
+    # from the parent's last iteration, `start_iteration`; `iterations` counts from the chain's start.
+    parent: str | None = None
+    start_iteration: int = 0
     init: InitKind | None = None  # None: the model's own start (worker.models.Preset.noise_init)
     change_every: int | None = None  # iterations per stage of a `^` schedule (filled in by build_config)
     optimizer: OptimizerName = GenerationConfig.optimizer
@@ -112,6 +116,7 @@ class JobRecord(JobParams, CallerOptions):
     frame_seq: int = 0  # increments with every stored frame; the ETag of /frame
     note: str | None = None
     cancel_reason: CancelReason | None = None  # set when canceled
+    children: str = ""  # comma-separated ids of the jobs that extend this one, oldest first
     stage: int | None = None  # the schedule's stage (0-based) of the latest iteration
     losses: list[PromptLoss] | None = None  # per piece of that stage, at the latest iteration
     stopped_at: int | None = None  # the iteration where the loss plateaued and the job ended early
@@ -145,8 +150,15 @@ class JobRecord(JobParams, CallerOptions):
         return cls.model_validate(decoded)
 
     @property
+    def child_ids(self) -> list[str]:
+        return [child for child in self.children.split(",") if child]
+
+    @property
     def progress(self) -> float:
-        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        """The share of this job's own iterations done (an extension counts from its start_iteration)."""
+        own = self.iterations - self.start_iteration
+        done = self.iteration - self.start_iteration
+        return min(1.0, max(0.0, done / own)) if own > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:

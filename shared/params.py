@@ -47,6 +47,8 @@ MAX_IMAGE_PROMPTS = 4
 SIDE_MULTIPLE = 16
 # The longest deadline a job may carry (Cancel-After, deadline_s): a week, a job record's default lifetime.
 MAX_DEADLINE_S = 7 * 24 * 3600
+# The PNG text chunk that holds a finished picture's manifest (shared.manifest).
+MANIFEST_PNG_KEY = "manifest"
 # `Cancel-After` spellings: hours, minutes and seconds in that order, each optional, at least one: 1h30m, 90s.
 _DURATION = re.compile(r"(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,8}(?:\.\d{1,3})?)s)?")
 
@@ -376,7 +378,13 @@ def build_config(
 
 
 def png_metadata(
-    config: GenerationConfig, *, model: str, seed: int, iterations: int, job_id: str | None = None
+    config: GenerationConfig,
+    *,
+    model: str,
+    seed: int,
+    iterations: int,
+    job_id: str | None = None,
+    manifest: str | None = None,
 ) -> dict[str, str]:
     """The parameters a finished picture carries as PNG text, enough to paint it again."""
     metadata = {
@@ -388,4 +396,6 @@ def png_metadata(
     }
     if job_id is not None:
         metadata["job_id"] = job_id
+    if manifest is not None:  # shared.manifest: enough to repaint the picture from the file alone
+        metadata[MANIFEST_PNG_KEY] = manifest
     return metadata

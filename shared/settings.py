@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     default_deadline_s: int | None = Field(None, ge=1)
     # Results in the directory store older than this are swept (by the webhooks worker); None = kept.
     result_ttl_s: int | None = Field(None, ge=1)
+    # A succeeded job's final latent and optimiser state (what POST /v1/jobs/{id}/extend continues from)
+    # is kept this long after the job ends; later, extend answers 409 and the sweep removes the file.
+    state_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
     # --- ops -------------------------------------------------------------------------------------
     flower_port: int = Field(5555, ge=1, le=65535)

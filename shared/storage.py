@@ -39,9 +39,23 @@ def timelapse_key(job_id: str) -> str:
     return f"{job_id}/timelapse.webp"
 
 
+# A succeeded job's final latent and optimiser state (what `extend` continues from), in its folder.
+STATE_FILE = "state.pt"
+
+
+def state_key(job_id: str) -> str:
+    """Where a succeeded job's final painting state lives (swept after `ARTGEN_STATE_TTL_S`)."""
+    return f"{job_id}/{STATE_FILE}"
+
+
+def manifest_key(job_id: str) -> str:
+    """Where a succeeded job's manifest (JSON: everything needed to repaint it) lives."""
+    return f"{job_id}/manifest.json"
+
+
 def job_store_keys(job_id: str) -> list[str]:
     """Everything the store may hold of one job (DELETE removes these)."""
-    return [result_key(job_id), timelapse_key(job_id)]
+    return [result_key(job_id), timelapse_key(job_id), state_key(job_id), manifest_key(job_id)]
 
 
 def check_key(key: str) -> str:
@@ -121,8 +135,9 @@ class DirectoryStore:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     raise
 
-    def sweep(self, max_age_s: float, now: float) -> int:
-        """Remove files last written more than `max_age_s` before `now`, and folders left empty; how many."""
+    def sweep(self, max_age_s: float, now: float, name: str | None = None) -> int:
+        """Remove files (only those called `name`, when given) last written more than `max_age_s` before
+        `now`, and folders left empty; how many."""
         removed = 0
         if not self.root.is_dir():
             return 0
@@ -131,6 +146,8 @@ class DirectoryStore:
                 continue
             for path in folder.iterdir():
                 try:
+                    if name is not None and path.name != name:
+                        continue
                     if path.is_file() and now - path.stat().st_mtime > max_age_s:
                         path.unlink()
                         removed += 1

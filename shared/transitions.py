@@ -102,3 +102,23 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 return 1
 """
+
+# A chain's links in the parent's record (field `children`, comma-separated ids, oldest first), changed
+# only while the parent exists. KEYS: the parent's job hash. ARGV: the child's id. Returns 1 when changed.
+ADD_CHILD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local children = redis.call('HGET', KEYS[1], 'children')
+if children and children ~= '' then children = children .. ',' .. ARGV[1] else children = ARGV[1] end
+redis.call('HSET', KEYS[1], 'children', children)
+return 1
+"""
+REMOVE_CHILD = """
+local children = redis.call('HGET', KEYS[1], 'children')
+if not children then return 0 end
+local kept = {}
+for id in string.gmatch(children, '[^,]+') do
+  if id ~= ARGV[1] then table.insert(kept, id) end
+end
+redis.call('HSET', KEYS[1], 'children', table.concat(kept, ','))
+return 1
+"""

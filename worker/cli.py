@@ -6,15 +6,19 @@ command runs. Bad input exits non-zero with one line (BadInput / ClickException)
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from PIL import Image, UnidentifiedImageError
 
+from shared.manifest import Manifest, ManifestError, parse_manifest
 from shared.params import (
     INITS,
+    MANIFEST_PNG_KEY,
     OPTIMIZERS,
     GenerationConfig,
     InvalidParams,
@@ -22,6 +26,9 @@ from shared.params import (
     png_metadata,
 )
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.engine import StepInfo
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +95,15 @@ def _default_model(models_dir: Path) -> str:
 
 
 @click.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Repaint from a manifest (GET /v1/jobs/{id}/manifest, or a PNG artgen painted) instead of PROMPT.",
+)
 @click.option(
     "--init-image", type=click.Path(dir_okay=False, path_type=Path), help="Start from this picture."
 )
@@ -152,8 +166,9 @@ def _default_model(models_dir: Path) -> str:
 @click.option("--frames-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--device", type=_DEVICES, default=None, help="[default: ARTGEN_DEVICE or auto]")
 def generate(
-    prompt: str,
+    prompt: str | None,
     output: Path,
+    manifest_path: Path | None,
     init_image: Path | None,
     init_weight: float,
     image_prompts: tuple[Path, ...],
@@ -173,12 +188,19 @@ def generate(
     frames_dir: Path | None,
     device: str | None,
 ) -> None:
-    """Paint PROMPT ("text:weight:stop|...", stages joined by "^") into OUT.png, in this process."""
+    """Paint PROMPT ("text:weight:stop|...", stages joined by "^") into OUT.png, in this process; or
+    repaint what a manifest records (--manifest)."""
     settings = get_settings()
-    # --- validate everything before loading any model; the model comes first, its defaults fill the gaps
-    model = model or _default_model(settings.models_dir)
     if preview_every < 0 or (preview_every and frames_dir is None):
         raise BadInput("--preview-every N needs N >= 1 and --frames-dir")
+    if manifest_path is not None:
+        _refuse_painting_options(click.get_current_context(), prompt)
+        _repaint(manifest_path, output, device, preview_every, frames_dir)
+        return
+    if prompt is None:
+        raise BadInput("give PROMPT, or --manifest FILE to repaint a recorded picture")
+    # --- validate everything before loading any model; the model comes first, its defaults fill the gaps
+    model = model or _default_model(settings.models_dir)
     width, height = _parse_size(size) if size else (None, None)
     init = _open_image(init_image, "--init-image") if init_image else None
     prompt_images = [_open_image(p, "--image-prompt") for p in image_prompts]
@@ -255,9 +277,134 @@ def generate(
 
     if painter.stopped_at is not None:
         click.echo(f"the loss plateaued: stopped at iteration {painter.stopped_at}", err=True)
-    metadata = png_metadata(config, model=model, seed=painter.seed, iterations=painter.iteration)
+    from worker import chain
+
+    manifest = chain.build_manifest(
+        chain.config_params(config, model, painter.seed), None, painter, settings, parent=None
+    )
+    metadata = png_metadata(
+        config, model=model, seed=painter.seed, iterations=painter.iteration, manifest=manifest.to_json()
+    )
     output.write_bytes(png_bytes(painter.image(), metadata))
     click.echo(f"wrote {output} (seed {painter.seed})", err=True)
+
+
+# What a manifest fixes: with --manifest, none of these may be given.
+_PAINTING_OPTIONS = (
+    "init_image", "init_weight", "image_prompts", "size", "iterations", "seed", "model", "cutn", "cut_pow",
+    "step_size", "optimizer", "init_kind", "change_every", "plateau_window", "plateau_delta",
+)  # fmt: skip
+
+
+def _refuse_painting_options(ctx: click.Context, prompt: str | None) -> None:
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    given = [
+        flags[name]
+        for name in _PAINTING_OPTIONS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if prompt is not None:
+        given.insert(0, "PROMPT")
+    if given:
+        raise BadInput(f"--manifest repaints what it records; leave out {', '.join(given)}")
+
+
+def _read_manifest(path: Path) -> Manifest:
+    """A manifest from a JSON file or from the text metadata of a PNG that artgen painted."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"--manifest {path}: no such file") from None
+    except OSError as error:
+        raise BadInput(f"--manifest {path}: cannot be read ({error.strerror})") from None
+    if data.startswith(b"\x89PNG"):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                text = getattr(image, "text", {}).get(MANIFEST_PNG_KEY)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise BadInput(f"--manifest {path}: not a readable PNG ({error})") from None
+        if text is None:
+            raise BadInput(f"--manifest {path}: this PNG holds no artgen manifest")
+        data = text.encode()
+    try:
+        return parse_manifest(data)
+    except ManifestError as error:
+        raise BadInput(f"--manifest {path}: {error}") from None
+
+
+def _repaint(
+    path: Path, output: Path, device: str | None, preview_every: int, frames_dir: Path | None
+) -> None:
+    """Paint a manifest's chain again; on the machine and device that painted it, the same pixels."""
+    settings = get_settings()
+    manifest = _read_manifest(path)
+    if not output.parent.is_dir():
+        raise BadInput(f"-o {output}: folder {output.parent} does not exist")
+    from worker import chain
+
+    try:
+        configs = [chain.manifest_config(manifest, settings, segment) for segment in manifest.segments]
+        options = chain.manifest_options(manifest)
+    except ManifestError as error:
+        raise BadInput(f"--manifest {path}: {error}") from None
+
+    from worker.engine import png_bytes
+    from worker.models import ChecksumMismatch, ModelLoadError, ModelsMissing, UnknownModel, get_models
+
+    recorded = torch_device_type(manifest.device)
+    chosen = device or recorded
+    try:
+        models = get_models(manifest.model, settings.models_dir, chosen)
+        chain.check_weights(manifest, models, settings.models_dir)
+    except (ModelsMissing, ChecksumMismatch, ModelLoadError, UnknownModel, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+    except chain.WeightsDiffer as error:
+        raise click.ClickException(str(error)) from None
+    import torch
+
+    if str(models.device) != manifest.device or torch.__version__ != manifest.torch_version:
+        click.echo(
+            f"note: painted with torch {manifest.torch_version} on {manifest.device}; repainting with torch "
+            f"{torch.__version__} on {models.device}: the pixels may differ",
+            err=True,
+        )
+    click.echo(
+        f"repainting job {manifest.job_id or '(no job)'}: seed {manifest.seed}, model {manifest.model}, "
+        f"{len(manifest.segments)} segment(s), {manifest.iterations} iterations",
+        err=True,
+    )
+    if frames_dir is not None:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    with tqdm(
+        total=manifest.iterations, unit="it", desc="repainting", file=sys.stderr, dynamic_ncols=True
+    ) as bar:
+
+        def on_step(info: StepInfo) -> None:
+            bar.update(1)
+            if frames_dir is not None and preview_every and info.iteration % preview_every == 0:
+                info.image().save(frames_dir / f"frame_{info.iteration:05d}.png")
+
+        try:
+            painter = chain.repaint(models, manifest, settings, options, on_step)
+        except ValueError as error:  # the engine refused the recorded options on this device
+            raise BadInput(f"--manifest {path}: {error}") from None
+    metadata = png_metadata(
+        configs[-1],
+        model=manifest.model,
+        seed=painter.seed,
+        iterations=painter.iteration,
+        job_id=manifest.job_id,
+        manifest=manifest.to_json(),
+    )
+    output.write_bytes(png_bytes(painter.image(), metadata))
+    click.echo(f"wrote {output} (seed {painter.seed})", err=True)
+
+
+def torch_device_type(device: str) -> str:
+    """ "cuda:0" -> "cuda": the kind of device a manifest was painted on, as --device names it."""
+    return device.split(":")[0]
 
 
 @click.group()

@@ -30,6 +30,7 @@ from shared.finished import announce_finished, write_finished
 from shared.images import timelapse_webp
 from shared.jobs import CancelReason, JobRecord, JobState, queue_for
 from shared.keys import Keys
+from shared.manifest import Manifest, ManifestError
 from shared.params import InvalidParams, Limits, build_config, png_metadata
 from shared.prompts import PromptSyntaxError
 from shared.settings import Settings
@@ -134,6 +135,7 @@ class ActiveJob(Claim):
 
     painter: Painter
     reporter: ProgressReporter
+    parent_manifest: Manifest | None = None  # an extension's: the chain its manifest continues
 
 
 # --- claim and start ------------------------------------------------------------------------------
@@ -178,6 +180,7 @@ def start(ctx: WorkerContext, taken: Claim) -> ActiveJob | JobState:
     paint ends `failed` here, and its final state is returned instead."""
     try:
         painter = _build_painter(ctx, taken.record)
+        parent_manifest = _continue_parent(ctx, painter, taken.record)
         _resume(ctx, painter, taken.record.id)
     except JobError as exc:
         return fail(ctx, taken, str(exc))
@@ -198,7 +201,7 @@ def start(ctx: WorkerContext, taken: Claim) -> ActiveJob | JobState:
         notify=ctx.notify,
         stages=record.stage_texts,
     )
-    return ActiveJob(record, taken.lock, taken.began, painter, reporter)
+    return ActiveJob(record, taken.lock, taken.began, painter, reporter, parent_manifest)
 
 
 # --- while painting -------------------------------------------------------------------------------
@@ -230,13 +233,22 @@ def note_batch_size(ctx: WorkerContext, jobs: list[ActiveJob]) -> None:
 
 
 def finish(ctx: WorkerContext, job: ActiveJob) -> JobState:
-    """Store the finished picture (durable copy first), then announce success."""
+    """Store the finished picture (durable copy first) with its state and manifest, then announce success."""
+    from worker import chain
     from worker.engine import png_bytes
 
     record, painter = job.record, job.painter
     job.reporter.frames.close()  # every preview lands before the job is reported finished
+    manifest = chain.build_manifest(record, record.id, painter, ctx.settings, job.parent_manifest)
+    # What an extension continues from, and the manifest: kept before the job is `succeeded`.
+    chain.keep_final(ctx.store, record, painter, manifest)
     metadata = png_metadata(
-        painter.config, model=record.model, seed=painter.seed, iterations=painter.iteration, job_id=record.id
+        painter.config,
+        model=record.model,
+        seed=painter.seed,
+        iterations=painter.iteration,
+        job_id=record.id,
+        manifest=manifest.to_json(),
     )
     result = png_bytes(painter.image(), metadata)
     # The durable copy first: a job is only `succeeded` once its picture outlives Redis.
@@ -385,6 +397,16 @@ def _build_painter(ctx: WorkerContext, record: JobRecord) -> Painter:
         return Painter(models, config, EngineOptions.from_settings(settings))
     except (InvalidParams, PromptSyntaxError, ValueError) as exc:
         raise JobError(f"invalid job parameters: {exc}") from exc
+
+
+def _continue_parent(ctx: WorkerContext, painter: Painter, record: JobRecord) -> Manifest | None:
+    """An extension starts from its parent's kept final state; the parent's manifest."""
+    from worker.chain import ParentGone, continue_parent
+
+    try:
+        return continue_parent(ctx.store, painter, record)
+    except (ParentGone, ManifestError) as exc:
+        raise JobError(f"cannot continue the parent job: {exc}") from exc
 
 
 def _stored_image(client: redis.Redis, key: str) -> Image.Image:

@@ -516,3 +516,48 @@ def test_a_schedule_shows_its_stage_and_per_prompt_bars(page: Page, page_url: st
     assert seen["bars"][-1][0]["value"] == f"{job['losses'][0]['distance']:.3f}"
     expect(page.locator("#params-list")).to_contain_text("nadam")
     expect(page.locator("#params-list")).to_contain_text("2, changing every 30 iterations")
+
+
+def test_carry_a_schedule_on_and_follow_the_chain(page: Page, page_url: str, shot: Shot) -> None:
+    fill_job(page, "a red circle ^ a green square", size=64, iterations=20)
+    page.get_by_label("Change stage every", exact=True).fill("10")
+    parent_id = submit(page)
+    assert wait_finished(page) == "succeeded"
+    chain = page.locator("#chain")
+    expect(chain).to_be_visible()
+    expect(page.locator("#manifest-link")).to_be_visible()
+    # The prompt it carries on under by default: the schedule's last stage.
+    expect(page.get_by_label("New prompt (optional)")).to_have_attribute("placeholder", "a green square")
+
+    # A bad count is explained in words, and no job is made.
+    page.get_by_label("More iterations", exact=True).fill("0")
+    page.get_by_role("button", name="Carry it on").click()
+    expect(page.locator("#extend-error")).to_contain_text("iterations")
+    assert page.evaluate("location.hash.slice(5)") == parent_id
+
+    page.get_by_label("More iterations", exact=True).fill("12")
+    page.get_by_label("New prompt (optional)").fill("a blue whale | a storm:-0.5")
+    page.get_by_role("button", name="Carry it on").click()
+    page.wait_for_function(f"location.hash.startsWith('#job=') && location.hash !== '#job={parent_id}'")
+    child_id = str(page.evaluate("location.hash.slice(5)"))
+    expect(page.locator("#chain-links")).to_contain_text(f"Continues {parent_id[:8]} from iteration 20.")
+    assert wait_finished(page) == "succeeded"
+    bars = page.locator("#prompt-losses .prompt-loss")
+    expect(bars).to_have_count(2)
+    expect(bars.nth(0).locator(".prompt-loss-text")).to_have_text("a blue whale")
+    expect(bars.nth(1).locator(".prompt-loss-text")).to_have_text("a storm ×-0.5")
+    expect(page.locator("#progress-iter")).to_have_text("32 / 32 iterations")
+    shot(page, "extended")
+
+    child = job_view(page_url, child_id)
+    assert (child["parent"], child["start_iteration"], child["iterations"]) == (parent_id, 20, 32)
+    manifest = page.evaluate(
+        "async () => (await fetch(document.getElementById('manifest-link').href)).json()"
+    )
+    assert [s["job_id"] for s in manifest["segments"]] == [parent_id, child_id]
+
+    # Back along the chain: the parent lists its child.
+    page.locator("#chain-links a", has_text=parent_id[:8]).click()
+    page.wait_for_function(f"location.hash === '#job={parent_id}'")
+    expect(page.locator("#chain-links")).to_contain_text(f"Carried on in {child_id[:8]}.")
+    shot(page, "parent-with-child")

@@ -11,6 +11,7 @@ import { elements, hideError, showError } from "./dom.js";
 import { applyConfig, paintAgain, setupForm } from "./form.js";
 import { markCurrentInGallery, refreshGallery, setupGallery } from "./gallery.js";
 import { currentJobId, forgetJob, openJob, revealCanvas, setupCanvas, showJobError } from "./view.js";
+import { setupChain } from "./chain.js";
 
 const NARROW = "(max-width: 860px)"; // style.css's one-column layout: the canvas is below the form
 
@@ -48,6 +49,14 @@ function init() {
     keyChanged: refreshGallery,
   });
   setupCanvas({ opened: markCurrentInGallery, ended: refreshGallery, repaint: paintAgain });
+  setupChain({
+    extended: (job) => {
+      openJob(job);
+      refreshGallery();
+    },
+    open: openJob,
+    failed: showJobError,
+  });
   setupGallery({
     currentId: currentJobId,
     open: openJob,

@@ -6,6 +6,7 @@ import { TERMINAL, ApiError, api } from "./api.js";
 import { elements, hideError, showError } from "./dom.js";
 import { formatDuration, ordinal, shortPrompt } from "./format.js";
 import { Watch } from "./watch.js";
+import { hideChain, showChain } from "./chain.js";
 
 let ui = null;
 let hooks = null; // {opened(job), ended(), repaint(job)}
@@ -83,6 +84,7 @@ export function openJob(job) {
   resetCanvas(job);
   history.replaceState(null, "", `#job=${job.id}`);
   applyView(job);
+  showChain(state.job);
   hooks.opened(job);
   const watch = new Watch(job, {
     view: applyView,
@@ -132,6 +134,7 @@ function resetCanvas(job) {
   ui.playTimelapse.setAttribute("aria-pressed", "false");
   ui.playTimelapse.textContent = "Play time-lapse";
   ui.params.hidden = true;
+  hideChain();
   ui.progress.classList.remove("done", "stopped");
   ui.progressBlock.hidden = false;
 }
@@ -308,6 +311,7 @@ function showFinished(job) {
   ui.downloadTimelapse.hidden = !hasFrames;
   ui.playTimelapse.hidden = !hasFrames;
   renderParams(job);
+  showChain(job);
 }
 
 function renderParams(job) {

@@ -68,7 +68,9 @@ def test_read_job_reports_progress_eta_and_timings(
     assert view["iteration"] == 10 and view["progress"] == 0.25
     assert view["eta_seconds"] == 6.0 and view["its"] == 5.0 and view["loss"] == 0.5
     assert view["queue_wait_s"] >= 0 and view["run_s"] >= 0 and view["attempts"] == 1
-    assert set(view["links"]) == {"self", "frame", "result", "events", "cancel", "deliveries"}
+    assert set(view["links"]) == {
+        "self", "frame", "result", "events", "cancel", "deliveries", "manifest", "extend"
+    }  # fmt: skip
 
 
 def test_queue_position_counts_from_one(client: TestClient, submit: Submit) -> None:

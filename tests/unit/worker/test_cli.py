@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -44,10 +45,13 @@ def test_generate_writes_png_with_metadata(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         assert image.size == (48, 32)
-        assert image.text == {
+        text = dict(image.text)  # type: ignore[attr-defined]
+        manifest = json.loads(text.pop("manifest"))
+        assert text == {
             "prompt": "a red fox:1|a dog:-0.3", "seed": "3", "model": "tiny", "iterations": "2",
             "size": "48x32",
         }  # fmt: skip
+        assert manifest["job_id"] is None and manifest["seed"] == 3 and manifest["params"]["width"] == 48
     assert sorted(p.name for p in frames.iterdir()) == ["frame_00001.png", "frame_00002.png"]
 
 
