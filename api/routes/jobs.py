@@ -284,7 +284,7 @@ async def _submitted(
     status = 202
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        final = await wait_terminal(store, await get_events(request), record.id, wait_s, request.is_disconnected)
+        final = await wait_terminal(store, get_events(request), record.id, wait_s, request.is_disconnected)
         if final is not None:
             record, status = final, 201
     if replayed:
