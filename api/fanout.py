@@ -25,7 +25,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from api.store import JobStore
-from shared.jobs import EventType, JobRecord
+from shared.jobs import EventType, JobRecord, JobState
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -43,16 +43,22 @@ READ_COUNT = 100
 # Deliveries (one write to one watcher) a reader makes per second, about: with many watchers it pauses
 # between deliveries so that progress and frames gather into fewer, larger writes. The pause is at most
 # MAX_PAUSE_S (how stale progress may get); `finished` never waits for it.
-DELIVERIES_PER_S = 5_000
+DELIVERIES_PER_S = 2_500
 MAX_PAUSE_S = 2.0
 # Watchers woken per turn of the event loop: other requests are served between turns.
-FANOUT_SLICE = 100
+FANOUT_SLICE = 25
+# A stream with no event this long gets a keepalive comment, and its reader checks (once for all its
+# watchers) that the job did not end unannounced or vanish.
+HEARTBEAT_S = 15.0
 # Connections of the readers' own pool; a reader beyond it waits for one (at most one block slice).
 READER_CONNECTIONS = 64
 # What a client refused for too many watchers is told to wait before retrying.
 WATCHERS_RETRY_AFTER_S = 10
 _FINISHED = EventType.FINISHED.value
 _ERROR = "error"
+_GONE = ""  # an end with nothing to say: the job's record is gone (expired or deleted)
+# Ordered after any stream id: a watcher takes such an event whatever it has seen.
+_LAST = (1 << 62, 0)
 
 
 def stream_key(event_id: str) -> tuple[int, int]:
@@ -83,7 +89,7 @@ class Event:
 
     @property
     def final(self) -> bool:
-        return self.name in (_FINISHED, _ERROR)
+        return self.name in (_FINISHED, _ERROR, _GONE)
 
 
 def skip_ahead(events: list[Event]) -> list[Event]:
@@ -233,6 +239,7 @@ class EventHub:
         read_cursor = reader.cursor
         pending: list[Event] = []  # read, not yet handed out (a pause between deliveries)
         next_delivery = 0.0
+        quiet_since = time.monotonic()
         try:
             while reader.watchers:
                 # While events wait for the next delivery, block only until it is due (at least 1 ms:
@@ -244,7 +251,12 @@ class EventHub:
                     for _stream, entries in reply or []
                     for entry_id, fields in entries
                 ]
+                if not events and time.monotonic() - quiet_since >= HEARTBEAT_S:
+                    if await self._ended_unannounced(reader):
+                        break
+                    quiet_since = time.monotonic()
                 if events:
+                    quiet_since = time.monotonic()
                     read_cursor = events[-1].id
                     pending = skip_ahead(pending + events) if len(pending) > READ_COUNT else pending + events
                 finished = any(event.name == _FINISHED for event in events)
@@ -279,10 +291,25 @@ class EventHub:
     def _fail(self, reader: _Reader, detail: str) -> None:
         """Tell every watcher in-band that the stream ends here; clients reconnect with Last-Event-ID."""
         data = json.dumps({"detail": detail})
-        # Ordered after any event id, so a watcher takes it whatever it has seen.
-        error = Event("", _ERROR, data, (1 << 62, 0), sse(_ERROR, data))
+        self._end(reader, Event("", _ERROR, data, _LAST, sse(_ERROR, data)))
+
+    @staticmethod
+    def _end(reader: _Reader, event: Event) -> None:
         for watcher in list(reader.watchers):
-            watcher.put([error])
+            watcher.put([event])
+
+    async def _ended_unannounced(self, reader: _Reader) -> bool:
+        """After a quiet spell: end the watchers of a job that ended without a `finished` event we saw
+        (or whose record is gone). One read for all of them."""
+        state, error = await self.redis.hmget(self.keys.job(reader.job_id), ["state", "error"])
+        if state is None:
+            self._end(reader, Event("", _GONE, "", _LAST, b""))
+            return True
+        if not JobState(_text(state)).terminal:
+            return False
+        data = json.dumps({"state": _text(state), "error": _text(error) if error else None})
+        self._end(reader, Event("", _FINISHED, data, _LAST, sse(_FINISHED, data)))
+        return True
 
     async def close(self) -> None:
         """Stop every reader (at shutdown)."""
@@ -318,9 +345,30 @@ class EventStreamResponse(StreamingResponse):
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette streams inside an anyio task group, whose cancellation costs much CPU when thousands
+        # of streams end together (`finished`); a plain task listening for the client's disconnect
+        # does the same here.
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"streaming": True, "gone": False}
+
+        async def listen_for_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if state["streaming"]:
+                state["gone"] = True
+                task.cancel()
+
+        listener = asyncio.create_task(listen_for_disconnect())
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()  # the client left: the stream ended, the request did not fail
         finally:
+            state["streaming"] = False
+            listener.cancel()
             self.hub.release()
 
 

@@ -31,6 +31,7 @@ from api.deps import (
     owned,
 )
 from api.fanout import (
+    HEARTBEAT_S,
     WATCHERS_RETRY_AFTER_S,
     EventHub,
     EventStreamResponse,
@@ -51,7 +52,6 @@ from shared.storage import result_key, timelapse_key
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-HEARTBEAT_S = 15.0
 _FORM_FILES = ("init_image", "image_prompts")
 # `Prefer: wait=N` (RFC 7240, as Replicate uses it): the longest wait a request may ask for.
 MAX_PREFER_WAIT_S = 60
@@ -539,12 +539,7 @@ async def _event_stream(
                     # Everything waiting in one write: a busy process sends fewer, larger chunks.
                     yield b"".join(event.wire for event in batch)
                     continue
-                # No event for a while: say we are alive, and make sure the job did not end unannounced.
-                current = await store.record(job_id)
-                if current is None or current.state.terminal:
-                    if current is not None:
-                        yield sse(EventType.FINISHED.value, _finished_data(current))
-                    return
+                # No event for a while: say we are alive (the reader checks that the job goes on).
                 yield b": keepalive\n\n"
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # The status line is long sent: tell the client in-band and end; it reconnects with Last-Event-ID.

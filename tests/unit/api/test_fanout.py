@@ -251,3 +251,30 @@ def test_with_many_watchers_progress_is_gathered_but_finished_goes_at_once(
     assert batches == [["progress"], ["progress"] * 3, ["progress", "finished"]]
     assert gathered_after >= 0.45  # progress waited for the next delivery ...
     assert finished_after < 0.3  # ... `finished` did not
+
+
+def test_a_quiet_reader_ends_its_watchers_when_the_job_ended_unannounced_or_vanished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fanout, "HEARTBEAT_S", 0.3)
+    server = fakeredis.FakeServer()
+    writer = _writer(server)
+    other = "e" * 32
+    writer.client.hset(KEYS.job(JOB), mapping={"state": "running"})
+    writer.client.hset(KEYS.job(other), mapping={"state": "running"})
+
+    async def main() -> tuple[list[Event], list[Event], list[Event]]:
+        hub = EventHub(fakeredis.FakeAsyncRedis(server=server), KEYS, max_watchers=10, block_ms=50)
+        async with hub.watch(JOB, "0-0") as ended, hub.watch(other, "0-0") as vanished:
+            early = await ended.next_batch(0.5)  # quiet, but the job goes on: nothing
+            # A job's end whose event never came (written by hand), and a record that expired.
+            writer.client.hset(KEYS.job(JOB), mapping={"state": "failed", "error": "worker lost"})
+            writer.client.delete(KEYS.job(other))
+            return early, await ended.next_batch(5), await vanished.next_batch(5)
+
+    early, ended, vanished = run(main)
+    assert early == []
+    assert [(e.name, json.loads(e.data)) for e in ended] == [
+        ("finished", {"state": "failed", "error": "worker lost"})
+    ]
+    assert len(vanished) == 1 and vanished[0].final and vanished[0].wire == b""
