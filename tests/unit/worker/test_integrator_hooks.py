@@ -84,6 +84,8 @@ def test_progress_is_throttled_to_one_per_interval(client: fakeredis.FakeRedis, 
     class Step:
         def __init__(self, iteration: int) -> None:
             self.iteration, self.total, self.loss, self.its = iteration, 100, 0.5, 10.0
+            self.stage, self.stages, self.specs, self.losses = 0, 1, [], []
+            self.stage_end = self.converged = False
 
         def image(self) -> None:
             raise AssertionError("no frame is due")

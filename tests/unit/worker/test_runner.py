@@ -163,26 +163,33 @@ def test_a_missing_model_fails_with_how_to_get_it(
     assert "artgen models pull imagenet-16384" in (read(client, record.id).error or "")
 
 
-def test_resuming_from_a_checkpoint_gives_the_same_picture(
-    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
-) -> None:
+def died_at_4(client: fakeredis.FakeRedis, settings: Settings, record: JobRecord, **config: object) -> None:
+    """Store the checkpoint a worker that died after iteration 4 of `record` (8 iterations) left."""
     from worker.engine import GenerationConfig, Painter
     from worker.models import get_models
 
-    whole = queue_job(client, seed=5)
-    run_job(client, settings, whole.id, "w1", requeued, store)
-
-    # A job whose first worker died after iteration 4: its record says running, its checkpoint is there.
-    resumed = queue_job(client, seed=5, state="running", attempts=1, iteration=4)
     painter = Painter(
         get_models("tiny", settings.models_dir, "cpu"),
-        GenerationConfig(prompts=resumed.prompt, width=32, height=32, iterations=8, seed=5, cutn=4),
+        GenerationConfig(
+            prompts=record.prompt, width=32, height=32, iterations=8, seed=record.seed, cutn=4, **config
+        ),  # type: ignore[arg-type]
     )
     for _ in range(4):
         painter.step()
     buffer = io.BytesIO()
     torch.save(painter.state_dict(), buffer)
-    client.set(KEYS.checkpoint(resumed.id), buffer.getvalue())
+    client.set(KEYS.checkpoint(record.id), buffer.getvalue())
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_picture(
+    client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore
+) -> None:
+    whole = queue_job(client, seed=5)
+    run_job(client, settings, whole.id, "w1", requeued, store)
+
+    # A job whose first worker died after iteration 4: its record says running, its checkpoint is there.
+    resumed = queue_job(client, seed=5, state="running", attempts=1, iteration=4)
+    died_at_4(client, settings, resumed)
 
     assert run_job(client, settings, resumed.id, "w2", requeued, store) is JobState.SUCCEEDED
     final = read(client, resumed.id)
@@ -408,27 +415,13 @@ def test_mixed_choices_share_a_batch_and_equal_solo_runs(
 def test_a_resumed_job_keeps_its_optimizer_and_picture(
     client: fakeredis.FakeRedis, settings: Settings, requeued: Requeued, store: DirectoryStore, optimizer: str
 ) -> None:
-    from worker.engine import GenerationConfig, Painter
-    from worker.models import get_models
-
     whole = queue_job(client, seed=5, optimizer=optimizer, init="gradient")
     run_job(client, settings, whole.id, "w1", requeued, store)
     # A job whose first worker died after iteration 4, its checkpoint (optimizer state included) saved.
     resumed = queue_job(
         client, seed=5, optimizer=optimizer, init="gradient", state="running", attempts=1, iteration=4
     )
-    painter = Painter(
-        get_models("tiny", settings.models_dir, "cpu"),
-        GenerationConfig(
-            prompts=resumed.prompt, width=32, height=32, iterations=8, seed=5, cutn=4,
-            optimizer=optimizer, init="gradient",  # type: ignore[arg-type]
-        ),
-    )  # fmt: skip
-    for _ in range(4):
-        painter.step()
-    buffer = io.BytesIO()
-    torch.save(painter.state_dict(), buffer)
-    client.set(KEYS.checkpoint(resumed.id), buffer.getvalue())
+    died_at_4(client, settings, resumed, optimizer=optimizer, init="gradient")
     assert run_job(client, settings, resumed.id, "w2", requeued, store) is JobState.SUCCEEDED
     assert read(client, resumed.id).resumed_from == 4
     same = [Image.open(io.BytesIO(client.get(KEYS.result(j.id)))).tobytes() for j in (whole, resumed)]
