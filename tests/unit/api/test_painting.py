@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -201,3 +203,22 @@ def test_a_schedule_carries_on_under_its_last_stage(
     )
     answer = client.post(f"/v1/jobs/{parent['id']}/extend", json={"iterations": 4, "prompt": "a ^ b"})
     assert answer.status_code == 422 and "schedules" in answer.text
+
+
+def test_kept_states_are_swept_after_their_ttl_and_results_stay(tmp_path: Path) -> None:
+    import fakeredis
+
+    from api.webhooks import sweep_results
+    from tests.unit.api.support import make_settings
+
+    settings = make_settings(results_dir=tmp_path / "results", state_ttl_s=600)
+    store = DirectoryStore(settings.results_dir)
+    for job in ("old", "new"):
+        for key in (state_key(job), manifest_key(job), f"{job}/result.png"):
+            store.put(key, b"x", "application/octet-stream")
+    an_hour_ago = time.time() - 3600
+    for path in (settings.results_dir / "old").iterdir():
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert sweep_results(settings, fakeredis.FakeRedis()) == 1  # no ARTGEN_RESULT_TTL_S: results kept
+    assert not store.exists(state_key("old")) and store.exists(state_key("new"))
+    assert store.exists(manifest_key("old")) and store.exists("old/result.png")
