@@ -122,6 +122,17 @@ def test_reading_a_job_or_its_frame_is_one_redis_round_trip(
     assert sent == ["EVALSHA"] and frame[1].status_code == 304
 
 
+def test_reads_survive_redis_forgetting_its_scripts(
+    client: TestClient, submit: Submit, worker: FakeWorker
+) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the read scripts are loaded again, not a 500."""
+    job_id = submit()["id"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 1
+    worker.client.script_flush()
+    assert client.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 1
+    assert client.get(f"/v1/jobs/{job_id}/frame").json() == {"detail": "no frame yet"}
+
+
 def test_frame_304_for_any_held_etag_and_only_for_this_jobs(
     client: TestClient, submit: Submit, worker: FakeWorker
 ) -> None:
