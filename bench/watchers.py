@@ -305,8 +305,11 @@ def run_slow(stack: Any, api_url: str, args: argparse.Namespace) -> dict[str, An
             slow = [_slow_socket(api_url, path) for _ in range(args.slow_count)]
             others = _spawn("_watchers", api_url + path, str(args.slow_others), "200", str(args.timeout_s))
             _read_json(others, "connected", args.timeout_s)
+            time.sleep(1.0)
+            connected_at = time.time()
+            rss_connected = sampler.rss[-1][1]
             time.sleep(args.slow_s)
-            rss_during = [v for at, v in sampler.rss]
+            rss_during = [v for at, v in sampler.rss if at >= connected_at]
             view = http.post(f"/v1/jobs/{job['id']}/cancel").raise_for_status().json()
             final = _wait_state(http, job["id"], {"canceled"}, 60)
             results = _read_json(others, "results", args.timeout_s)["results"]
@@ -336,8 +339,9 @@ def run_slow(stack: Any, api_url: str, args: argparse.Namespace) -> dict[str, An
         "others_lag_p99_s": percentile(lags, 99),
         "iterations_run": view["iteration"],
         "api_rss_before_mb": rss_before / 2**20,
-        "api_rss_peak_mb": max(rss_during) / 2**20,
-        "api_rss_growth_mb": (max(rss_during) - rss_before) / 2**20,
+        "api_rss_all_connected_mb": rss_connected / 2**20,
+        "api_rss_peak_in_the_minute_mb": max(rss_during) / 2**20,
+        "api_rss_growth_in_the_minute_mb": (max(rss_during) - rss_connected) / 2**20,
         "slow_saw_finished": slow_finished,
         "slow_bytes_read_max": max(slow_bytes),
     }
