@@ -159,11 +159,11 @@ class JobView(BaseModel):
     batch: int | None = Field(description="jobs painted together with it at most, itself included")
     error: str | None
     links: JobLinks
-    optimizer: str
-    init: str | None = Field(description="how it starts without an init image; null: the model's own")
+    optimizer: OptimizerName = Field(description="the latent's torch optimizer")
+    init: InitKind | None = Field(description="how it starts without an init image; null: the model's own")
     change_every: int | None = Field(description="iterations per stage of its `^` schedule")
-    plateau_window: int | None
-    plateau_delta: float
+    plateau_window: int | None = Field(description="iterations watched for a plateau; null: never")
+    plateau_delta: float = Field(description="the least improvement over plateau_window that goes on")
     stage: StageView = Field(description="the stage of the latest iteration (the first one before any)")
     losses: list[PromptLoss] | None = Field(
         description="per prompt piece of the current stage, at the latest iteration; null before any"
