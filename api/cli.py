@@ -11,24 +11,33 @@ from shared.settings import get_settings
 @click.option("--host", default=None, help="Address to listen on [ARTGEN_HOST].")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port [ARTGEN_PORT].")
 @click.option(
-    "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn processes."
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="uvicorn processes on the one port [ARTGEN_API_WORKERS, 1].",
 )
-def api(host: str | None, port: int | None, workers: int) -> None:
+def api(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP gateway (uvicorn) on the configured host and port; flags override ARTGEN_*."""
     import uvicorn
 
+    from api.multiprocess import metrics_dir
+
     settings = get_settings()
-    uvicorn.run(
-        "api.main:app_factory",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        # Our own middleware counts requests; uvicorn's access log would cost more per request than the work.
-        access_log=False,
-        proxy_headers=True,
-    )
+    processes = workers or settings.api_workers
+    # Several processes: their metrics go to files in a fresh directory, summed by whichever one answers.
+    with metrics_dir(processes):
+        uvicorn.run(
+            "api.main:app_factory",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            log_level=settings.log_level.lower(),
+            # Our own middleware counts requests; uvicorn's access log would cost more per request than
+            # the work.
+            access_log=False,
+            proxy_headers=True,
+        )
 
 
 @click.command()

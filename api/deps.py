@@ -1,4 +1,8 @@
-"""Dependencies shared by the routers, declared once as `Annotated` types."""
+"""Dependencies shared by the routers, declared once as `Annotated` types.
+
+Every one is `async def`, even those that never wait: FastAPI runs a plain `def` dependency in a thread,
+which costs more than the work of a whole progress read.
+"""
 
 from __future__ import annotations
 
@@ -20,32 +24,32 @@ from shared.settings import Settings
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def get_enqueuer(request: Request) -> Enqueuer:
+async def get_enqueuer(request: Request) -> Enqueuer:
     enqueuer: Enqueuer = request.app.state.enqueuer
     return enqueuer
 
 
-def get_events(request: Request) -> EventHub:
+async def get_events(request: Request) -> EventHub:
     events: EventHub = request.app.state.events
     return events
 
 
-def get_owner(request: Request) -> str:
+async def get_owner(request: Request) -> str:
     """Who is calling: "" with keys off; a 401 with keys on and no valid key."""
     api_keys: ApiKeys = request.app.state.api_keys
     owner = api_keys.owner(presented_key(request.headers) if api_keys.enabled else None)
@@ -58,7 +62,7 @@ def get_owner(request: Request) -> str:
     return owner
 
 
-def get_memory(request: Request) -> MemoryGauge:
+async def get_memory(request: Request) -> MemoryGauge:
     memory: MemoryGauge = request.app.state.memory
     return memory
 
@@ -73,12 +77,16 @@ MemoryDep = Annotated[MemoryGauge, Depends(get_memory)]
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the job id (32 hex digits)")]
 
 
-async def get_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> JobRecord:
-    """The caller's job, or 404 (another key's job is as invisible as one that never existed)."""
-    record = await store.record(job_id)
+def owned(record: JobRecord | None, owner: str) -> JobRecord:
+    """The record if it is the caller's, else 404 (another key's job is as invisible as a missing one)."""
     if record is None or record.owner != owner:
         raise HTTPException(404, detail="job not found")
-    return await store.enforce_deadline(record)
+    return record
+
+
+async def get_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> JobRecord:
+    """The caller's job, or 404."""
+    return await store.enforce_deadline(owned(await store.record(job_id), owner))
 
 
 JobDep = Annotated[JobRecord, Depends(get_job)]

@@ -1,16 +1,26 @@
-"""Prometheus metrics of one app: its own registry (no global state), request counts by route template."""
+"""Prometheus metrics of one app: its own registry (no global state), request counts by route template.
+
+With several API processes (`api.multiprocess`), counters and histograms are summed over the processes;
+the gauges are read from Redis at scrape time, so the most recent reading (any process's) is the truth.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.multiprocess import multiprocess_dir
 from shared.stats import WEBHOOK_OUTCOMES, JobStats
+
+# Gauges set from Redis just before each scrape: across processes, the latest value set is the answer.
+_SCRAPED: Literal["mostrecent"] = "mostrecent"
 
 
 class Metrics:
@@ -30,23 +40,32 @@ class Metrics:
             "Jobs waiting, per queue (read at scrape time).",
             ["queue"],
             registry=self.registry,
+            multiprocess_mode=_SCRAPED,
         )
         self.jobs_running = Gauge(
-            "artgen_jobs_running", "Jobs a worker has started and not finished.", registry=self.registry
+            "artgen_jobs_running",
+            "Jobs a worker has started and not finished.",
+            registry=self.registry,
+            multiprocess_mode=_SCRAPED,
         )
         self.workers_alive = Gauge(
-            "artgen_workers_alive", "Workers with a heartbeat younger than 30 s.", registry=self.registry
+            "artgen_workers_alive",
+            "Workers with a heartbeat younger than 30 s.",
+            registry=self.registry,
+            multiprocess_mode=_SCRAPED,
         )
         self.redis_used_memory = Gauge(
             "artgen_redis_used_memory_bytes",
             "Bytes the data Redis uses (INFO memory used_memory, read at scrape time).",
             registry=self.registry,
+            multiprocess_mode=_SCRAPED,
         )
         self.redis_maxmemory = Gauge(
             "artgen_redis_maxmemory_bytes",
             "The data Redis' maxmemory (0 = no limit); new jobs are refused above "
             "ARTGEN_REDIS_MEMORY_HIGH of it.",
             registry=self.registry,
+            multiprocess_mode=_SCRAPED,
         )
         self.http_requests = Counter(
             "artgen_http_requests",
@@ -63,7 +82,12 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics, or with several API processes, every process's, summed."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 class MetricsMiddleware:
@@ -72,6 +96,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Children by label values, found once: `labels()` on every request costs a lock and a lookup.
+        self._seconds: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,13 +112,22 @@ class MetricsMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 route = _route_of(scope)
-                self.metrics.http_seconds.labels(route).observe(time.perf_counter() - start)
+                seconds = self._seconds.get(route)
+                if seconds is None:
+                    seconds = self._seconds[route] = self.metrics.http_seconds.labels(route)
+                seconds.observe(time.perf_counter() - start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.metrics.http_requests.labels(_route_of(scope), scope["method"], str(status)).inc()
+            key = (_route_of(scope), scope["method"], status)
+            requests = self._requests.get(key)
+            if requests is None:
+                requests = self._requests[key] = self.metrics.http_requests.labels(
+                    key[0], key[1], str(status)
+                )
+            requests.inc()
 
 
 def _route_of(scope: Scope) -> str:

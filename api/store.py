@@ -5,23 +5,58 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from api.schemas import JobLinks, JobView, WebhookDelivery
 from shared.deadlines import past_deadline
 from shared.finished import announce_finished, write_finished
 from shared.jobs import CallerOptions, CancelReason, JobParams, JobRecord, JobState, queue_for
 from shared.keys import Keys
-from shared.model_facts import MODEL_NOTES
+from shared.model_facts import MODEL_FACTS, MODEL_NOTES
 from shared.settings import Settings
 from shared.storage import ResultStore, job_store_keys, result_key
 from shared.transitions import CANCEL_IF_QUEUED, FINISH_IF_RUNNING
 from shared.webhooks import Notify
+
+# The record and, while it is queued, its place in its model's queue: one round trip for GET /v1/jobs/{id}.
+# KEYS: the record, then the queue of each model in ARGV[3..]; ARGV: job id, the queued state, models.
+# The rank is false when the job is not queued (or not in its queue), -1 when its model has no queue here.
+# The record comes as one JSON array (field, value, ...): one string to read instead of two per field,
+# which were most of the client's work per request.
+_READ_WITH_RANK = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return {false, false} end
+local rank = false
+local state_model = redis.call('HMGET', KEYS[1], 'state', 'model')
+if state_model[1] == ARGV[2] then
+  rank = -1
+  for i = 3, #ARGV do
+    if ARGV[i] == state_model[2] then rank = redis.call('ZRANK', KEYS[i - 1], ARGV[1]) end
+  end
+end
+return {cjson.encode(record), rank}
+"""
+
+# The record and its latest frame, unless the client holds that frame already (ARGV: the frame numbers
+# its If-None-Match names): one round trip for GET /v1/jobs/{id}/frame. KEYS: the record, the frame.
+# The record as one JSON array, as above.
+_READ_WITH_FRAME = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return {false, false} end
+local seq = redis.call('HGET', KEYS[1], 'frame_seq')
+local json = cjson.encode(record)
+if not seq or seq == '0' then return {json, false} end
+for i = 1, #ARGV do
+  if ARGV[i] == seq then return {json, false} end
+end
+return {json, redis.call('GET', KEYS[2])}
+"""
 
 
 class ResultStoreUnavailable(Exception):
@@ -91,6 +126,18 @@ class JobStore:
     settings: Settings
     results: ResultStore  # durable copies of results and time-lapses, beyond Redis
     notify: Notify | None = None  # queues a webhook delivery (blocking: called off the event loop)
+    # Made once here, not per request: the scripts of the one-round-trip reads and the queues they rank in.
+    _read_with_rank: AsyncScript = field(init=False, repr=False)
+    _read_with_frame: AsyncScript = field(init=False, repr=False)
+    _rank_models: tuple[str, ...] = field(init=False, repr=False)
+    _rank_queues: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # a frozen dataclass: fields derived once, at construction
+        set_(self, "_read_with_rank", self.redis.register_script(_READ_WITH_RANK))
+        set_(self, "_read_with_frame", self.redis.register_script(_READ_WITH_FRAME))
+        set_(self, "_rank_models", tuple(MODEL_FACTS))
+        set_(self, "_rank_queues", tuple(self.keys.queued(queue_for(model)) for model in MODEL_FACTS))
 
     async def blob(self, key: str) -> bytes | None:
         """A stored picture (frame, result, upload), or None."""
@@ -128,6 +175,31 @@ class JobStore:
     async def record(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
         return JobRecord.from_redis(raw) if raw else None
+
+    async def record_with_position(self, job_id: str) -> tuple[JobRecord | None, int | None]:
+        """The record and its queue position (None unless queued), in one round trip."""
+        raw, rank = await self._read_with_rank(
+            keys=[self.keys.job(job_id), *self._rank_queues],
+            args=[job_id, JobState.QUEUED.value, *self._rank_models],
+        )
+        if raw is None:
+            return None, None
+        record = JobRecord.from_redis(_pairs(json.loads(raw)))
+        if rank == -1:  # a model without a preset here (a record from another version): ask apart
+            return record, await self.queue_position(record)
+        return record, None if rank is None else int(rank) + 1
+
+    async def record_with_frame(
+        self, job_id: str, held_seqs: list[str]
+    ) -> tuple[JobRecord | None, bytes | None]:
+        """The record and the latest frame in Redis, in one round trip; no frame when there is none yet
+        or its number is in `held_seqs` (the client has it)."""
+        raw, frame = await self._read_with_frame(
+            keys=[self.keys.job(job_id), self.keys.frame(job_id)], args=held_seqs
+        )
+        if raw is None:
+            return None, None
+        return JobRecord.from_redis(_pairs(json.loads(raw))), None if frame is None else bytes(frame)
 
     async def queue_position(self, record: JobRecord) -> int | None:
         if record.state is not JobState.QUEUED:
@@ -364,6 +436,11 @@ class JobStore:
             if isinstance(beat, dict):
                 out[_text(name)] = beat
         return out
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """An HGETALL reply as a flat list (field, value, field, value...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(value: Any) -> str:

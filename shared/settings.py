@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # --- HTTP ------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # uvicorn processes of `artgen api` (one event loop each, on one port); /metrics sums over them.
+    api_workers: int = Field(1, ge=1, le=64)
     public_url: str | None = None  # what `artgen up` prints; defaults to http://host:port
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

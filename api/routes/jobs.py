@@ -28,6 +28,7 @@ from api.deps import (
     StoreDep,
     caller_scope,
     get_events,
+    owned,
 )
 from api.fanout import (
     HEARTBEAT_S,
@@ -283,7 +284,9 @@ async def _submitted(
     status = 202
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        final = await wait_terminal(store, get_events(request), record.id, wait_s, request.is_disconnected)
+        final = await wait_terminal(
+            store, await get_events(request), record.id, wait_s, request.is_disconnected
+        )
         if final is not None:
             record, status = final, 201
     if replayed:
@@ -309,9 +312,16 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
-async def read_job(record: JobDep, store: StoreDep) -> Response:
+async def read_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Response:
     """State, progress, timings and links of one job."""
-    return json_response(await store.view(record))
+    # The hot path of every polling client: the record and its queue position in one round trip.
+    found, position = await store.record_with_position(job_id)
+    record = owned(found, owner)
+    if record.state is JobState.QUEUED and record.deadline_at is not None:
+        enforced = await store.enforce_deadline(record)
+        if enforced is not record:
+            return json_response(await store.view(enforced))
+    return json_response(view_of(record, position))
 
 
 @router.get(
@@ -324,14 +334,22 @@ async def read_job(record: JobDep, store: StoreDep) -> Response:
     },
 )
 async def read_frame(
-    record: JobDep, store: StoreDep, if_none_match: Annotated[str | None, Header()] = None
+    job_id: JobIdPath,
+    store: StoreDep,
+    owner: OwnerDep,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The latest intermediate PNG; poll it with If-None-Match to get 304 while it has not changed."""
+    held = _etags(if_none_match) if if_none_match is not None else set()
+    # The record and the frame in one round trip; the frame only if the client does not hold it.
+    found, frame = await store.record_with_frame(job_id, _held_seqs(job_id, held))
+    record = await store.enforce_deadline(owned(found, owner))
     etag = f'"{record.id}-{record.frame_seq}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if record.frame_seq and if_none_match is not None and etag in _etags(if_none_match):
+    if record.frame_seq and etag in held:
         return Response(status_code=304, headers=headers)
-    frame = await store.latest_frame(record)
+    if frame is None and record.state is JobState.SUCCEEDED:
+        frame = await store.latest_frame(record)  # its bytes have left Redis: the result store's copy
     if frame is None:
         if record.state.terminal and record.frame_seq:
             raise HTTPException(404, detail=f"the frames of this {record.state.value} job have expired")
@@ -341,6 +359,12 @@ async def read_frame(
 
 def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
+
+
+def _held_seqs(job_id: str, etags: set[str]) -> list[str]:
+    """The frame numbers of this job named by the client's ETags (`"<id>-<seq>"`)."""
+    head = f'"{job_id}-'
+    return [tag[len(head) : -1] for tag in etags if tag.startswith(head) and tag.endswith('"')]
 
 
 @router.get(
@@ -473,9 +497,8 @@ async def job_events(
     """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`.
     A client that reads slowly skips ahead to the newest progress and frame; `finished` always comes."""
     # The record and the stream's newest id in one round trip (a crowd arriving costs one each).
-    record, cursor = await store.snapshot_with_cursor(job_id)
-    if record is None or record.owner != owner:
-        raise HTTPException(404, detail="job not found")
+    found, cursor = await store.snapshot_with_cursor(job_id)
+    record = owned(found, owner)
     try:
         events.admit()
     except WatchersFull as exc:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docker.conftest import (
     PROJECT,
@@ -120,6 +121,33 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     assert states["buckets"]["State"] == "exited" and states["buckets"]["ExitCode"] == 0
     ready = httpx.get(f"{stack.api_url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+
+
+def test_the_api_container_runs_two_processes_and_metrics_count_for_both(stack: Stack) -> None:
+    top = run(["docker", "top", stack.container("api"), "-o", "pid,args"]).stdout.splitlines()[1:]
+    assert sum("spawn_main" in line for line in top) == 2, top  # API_WORKERS' default, 2
+    missing = "/v1/jobs/" + "0" * 32
+    key = (
+        "artgen_http_requests_total",
+        (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404")),
+    )
+
+    def count() -> float:
+        reply = httpx.get(f"{stack.api_url}/metrics", timeout=10)  # a new connection: either process
+        assert reply.status_code == 200, reply.text
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(reply.text)
+            for sample in family.samples
+        }
+        return samples.get(key, 0.0)
+
+    before = count()
+    for _ in range(40):
+        with stack.http() as http:  # a new connection each: the kernel spreads them over the processes
+            assert http.get(missing).status_code == 404
+    # Whichever process answers the scrape, it reports both processes' requests.
+    assert [count() - before for _ in range(6)] == [40.0] * 6
 
 
 @pytest.mark.parametrize("service", ["api", "flower", "worker", "webhooks"])

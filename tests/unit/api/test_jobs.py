@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -73,6 +74,88 @@ def test_read_job_reports_progress_eta_and_timings(
 def test_queue_position_counts_from_one(client: TestClient, submit: Submit) -> None:
     ids = [submit()["id"] for _ in range(3)]
     assert [client.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids] == [1, 2, 3]
+
+
+class _CommandCounter:
+    """Counts the commands the app sends to Redis (its client, wrapped; fakeredis answers them)."""
+
+    def __init__(self, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        redis_client = client.app.state.redis  # type: ignore[attr-defined]
+        real = redis_client.execute_command
+
+        async def counting(*args: Any, **options: Any) -> Any:
+            self.names.append(str(args[0]).upper())
+            return await real(*args, **options)
+
+        monkeypatch.setattr(redis_client, "execute_command", counting)
+
+    def during(self, call: Callable[[], Any]) -> list[str]:
+        self.names.clear()
+        call()
+        return list(self.names)
+
+
+def test_reading_a_job_or_its_frame_is_one_redis_round_trip(
+    client: TestClient, submit: Submit, worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = submit()["id"], submit()["id"]
+    counter = _CommandCounter(client, monkeypatch)
+    # The first use loads the scripts into Redis (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA); then one each.
+    client.get(f"/v1/jobs/{first}").raise_for_status()
+    client.get(f"/v1/jobs/{first}/frame")
+    # Queued: the record and the queue position together.
+    sent = counter.during(lambda: client.get(f"/v1/jobs/{second}").raise_for_status())
+    assert sent == ["EVALSHA"] and client.get(f"/v1/jobs/{second}").json()["queue_position"] == 2
+    worker.start(first)
+    worker.frame(first, png_bytes(color=(4, 5, 6)))
+    assert counter.during(lambda: client.get(f"/v1/jobs/{first}").raise_for_status()) == ["EVALSHA"]
+    frame: list[Any] = []
+    sent = counter.during(lambda: frame.append(client.get(f"/v1/jobs/{first}/frame")))
+    assert sent == ["EVALSHA"] and frame[0].status_code == 200
+    etag = frame[0].headers["etag"]
+    sent = counter.during(
+        lambda: frame.append(client.get(f"/v1/jobs/{first}/frame", headers={"If-None-Match": etag}))
+    )
+    assert sent == ["EVALSHA"] and frame[1].status_code == 304
+
+
+def test_reads_survive_redis_forgetting_its_scripts(
+    client: TestClient, submit: Submit, worker: FakeWorker
+) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the read scripts are loaded again, not a 500."""
+    job_id = submit()["id"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 1
+    worker.client.script_flush()
+    assert client.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 1
+    assert client.get(f"/v1/jobs/{job_id}/frame").json() == {"detail": "no frame yet"}
+
+
+def test_frame_304_for_any_held_etag_and_only_for_this_jobs(
+    client: TestClient, submit: Submit, worker: FakeWorker
+) -> None:
+    job_id, other = submit()["id"], submit()["id"]
+    worker.start(job_id)
+    png = png_bytes(color=(7, 8, 9))
+    worker.frame(job_id, png)
+    worker.frame(job_id, png)
+    url = f"/v1/jobs/{job_id}/frame"
+    held = f'"{other}-2", W/"{job_id}-1", W/"{job_id}-2"'
+    assert client.get(url, headers={"If-None-Match": held}).status_code == 304
+    for stale in (f'"{job_id}-1"', f'"{other}-2"', f'"{job_id}-2', "*", f'"{job_id}-"'):
+        answer = client.get(url, headers={"If-None-Match": stale})
+        assert answer.status_code == 200 and answer.content == png, stale
+
+
+def test_queue_position_of_a_model_without_a_preset_here(client: TestClient, worker: FakeWorker) -> None:
+    """A queued record naming a model this version has no preset for still gets its position."""
+    record = JobRecord(
+        id="f" * 32, prompt="old", model="retired-model", width=64, height=64, iterations=5, seed=1, cutn=8
+    )
+    worker.client.hset(KEYS.job(record.id), mapping=record.to_redis())
+    worker.client.zadd(KEYS.queued("artgen.retired-model"), {"e" * 32: 1.0, record.id: 2.0})
+    view = client.get(f"/v1/jobs/{record.id}").json()
+    assert view["status"] == "queued" and view["queue_position"] == 2
 
 
 def test_unknown_and_malformed_ids(client: TestClient) -> None:

@@ -97,6 +97,9 @@ def test_api(services: dict[str, Any]) -> None:
     assert "/healthz" in _joined(api["healthcheck"], "test")
     assert api["env_file"] == ".env"
     assert api["environment"]["ARTGEN_API_KEYS"].startswith("${ARTGEN_API_KEYS:?"), "API keys are on"
+    # Several processes by default, their metrics summed in a fresh directory on the /tmp tmpfs.
+    assert api["environment"]["ARTGEN_API_WORKERS"] == "${API_WORKERS:-2}"
+    assert "/tmp" in api["tmpfs"] and api["read_only"] is True
 
 
 @pytest.mark.parametrize("name", WORKERS)
