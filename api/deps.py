@@ -44,7 +44,7 @@ async def get_enqueuer(request: Request) -> Enqueuer:
     return enqueuer
 
 
-def get_events(request: Request) -> EventHub:
+async def get_events(request: Request) -> EventHub:
     events: EventHub = request.app.state.events
     return events
 

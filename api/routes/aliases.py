@@ -103,7 +103,7 @@ async def _run(
         view = await store.view(record)
         return json_response(view, 202, {"Location": view.links.self_, "X-Job-Id": record.id, **replayed})
     final = await wait_terminal(
-        store, get_events(request), record.id, settings.blocking_timeout_s, request.is_disconnected
+        store, await get_events(request), record.id, settings.blocking_timeout_s, request.is_disconnected
     )
     response = await _final_picture(store, record, final, settings)
     response.headers.update(replayed)

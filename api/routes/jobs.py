@@ -284,7 +284,9 @@ async def _submitted(
     status = 202
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        final = await wait_terminal(store, get_events(request), record.id, wait_s, request.is_disconnected)
+        final = await wait_terminal(
+            store, await get_events(request), record.id, wait_s, request.is_disconnected
+        )
         if final is not None:
             record, status = final, 201
     if replayed:
@@ -495,9 +497,8 @@ async def job_events(
     """Server-Sent Events: `snapshot` (the job now), then `progress`, `frame`, and a last `finished`.
     A client that reads slowly skips ahead to the newest progress and frame; `finished` always comes."""
     # The record and the stream's newest id in one round trip (a crowd arriving costs one each).
-    record, cursor = await store.snapshot_with_cursor(job_id)
-    if record is None or record.owner != owner:
-        raise HTTPException(404, detail="job not found")
+    found, cursor = await store.snapshot_with_cursor(job_id)
+    record = owned(found, owner)
     try:
         events.admit()
     except WatchersFull as exc:
