@@ -60,7 +60,9 @@ def test_many_watchers_share_one_reader_and_a_reconnect_resumes(
     clients_before = int(redis_client.info("clients")["connected_clients"])
     slow = _slow_socket(api_url, path)
 
-    async def main() -> tuple[list[dict[str, Any]], dict[str, Any], list[int], int, list[str]]:
+    async def main() -> tuple[
+        list[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]], list[int], int, list[str]
+    ]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits) as client:
             outs: list[dict[str, Any]] = [{} for _ in range(WATCHERS)]
@@ -76,17 +78,22 @@ def test_many_watchers_share_one_reader_and_a_reconnect_resumes(
                 info = await asyncio.to_thread(redis_client.info, "clients")
                 clients = max(clients, int(info["connected_clients"]))
                 await asyncio.sleep(0.1)
-            # A client reconnecting from further back: what it missed, from the stream, in order.
+            # Clients reconnecting: one just behind gets every event it missed, in order; one from far
+            # back (more missed than a watcher's queue holds) gets them skipped ahead, still in order.
             stream = [
                 entry_id.decode() for entry_id, _ in redis_client.xrange(Keys(stack.prefix).events(job["id"]))
             ]
-            resumed: dict[str, Any] = {}
-            resume = asyncio.create_task(_follow(client, path, resumed, {"Last-Event-ID": stream[2]}))
-            while len(resumed.get("ids", [])) < 5:
+            near: dict[str, Any] = {}
+            far: dict[str, Any] = {}
+            resumes = [
+                asyncio.create_task(_follow(client, path, near, {"Last-Event-ID": stream[-3]})),
+                asyncio.create_task(_follow(client, path, far, {"Last-Event-ID": stream[2]})),
+            ]
+            while len(near.get("ids", [])) < 5 or len(far.get("ids", [])) < 5:
                 await asyncio.sleep(0.05)
             http.post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
-            await asyncio.wait_for(asyncio.gather(*tasks, resume), 60)
-            return outs, resumed, readers, clients, stream
+            await asyncio.wait_for(asyncio.gather(*tasks, *resumes), 60)
+            return outs, (near, far), readers, clients, stream
 
     with ThreadPoolExecutor(max_workers=1) as thread:
         outs, resumed, readers, clients_during, stream = thread.submit(asyncio.run, main()).result()
@@ -96,7 +103,15 @@ def test_many_watchers_share_one_reader_and_a_reconnect_resumes(
     assert max(readers) == 1, f"blocked XREAD connections: {readers}"
     # 300 watchers arriving together (plus a slow one) open at most the API's bounded pool and one reader.
     assert clients_during - clients_before <= REDIS_CONNECTIONS + 1, (clients_before, clients_during)
-    assert resumed["ids"][:3] == stream[3:6]
+    near, far = resumed
+    assert near["ids"][:2] == stream[-2:]
+    everything = [
+        entry_id.decode() for entry_id, _ in redis_client.xrange(Keys(stack.prefix).events(job["id"]))
+    ]
+    for resumed_ids in (near["ids"], far["ids"]):
+        assert resumed_ids == sorted(set(resumed_ids), key=everything.index)  # in order, none twice
+        assert everything.index(resumed_ids[0]) > everything.index(stream[2])
+    assert near["events"][-1] == far["events"][-1] == "finished"
     # The watcher that read nothing held nobody up, and still gets its `finished` once it reads.
     slow.settimeout(10)
     data = b""
