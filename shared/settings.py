@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # Server-Sent Events streams one API process serves at once; beyond it, 503 with Retry-After (the
     # page then polls). Every watcher of a job shares one Redis reader per process.
     max_watchers: int = Field(10_000, ge=1)
+    # A full garbage collection in an API process (one pass over every object of every open stream) runs
+    # at most once per this many young ones (Python's default: 10); streams arriving by the thousand
+    # otherwise cause one full pass after another, each pausing every request (BENCHMARKS.md).
+    api_gc_full_every: int = Field(300, ge=1)
     # Seconds a blocking alias route (/v1/generate_text2img) waits before answering 504.
     blocking_timeout_s: float = Field(600.0, gt=0)
 
