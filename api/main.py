@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.types import Scope
@@ -27,6 +27,7 @@ from api.auth import ApiKeys
 from api.fanout import EventHub, make_event_redis
 from api.memory import MemoryGauge
 from api.metrics import Metrics, MetricsMiddleware
+from api.pool import FairConnectionPool
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import aliases, config, health, jobs, painting
 from api.schemas import JobCreate
@@ -76,12 +77,12 @@ def body_limit(settings: Settings) -> int:
 def make_redis(settings: Settings) -> Redis:
     """One pooled client per process; short timeouts so an outage becomes a quick 503, not a hang.
 
-    The pool is bounded and a request beyond it waits for a connection: a burst of clients (thousands of
-    watchers arriving) queues for a few connections instead of opening one each."""
-    pool = BlockingConnectionPool.from_url(
+    The pool is bounded and a request beyond it waits its turn for a connection: a burst of clients
+    (thousands of watchers arriving) queues for a few connections instead of opening one each."""
+    pool = FairConnectionPool.from_url(
         settings.redis_url,
         max_connections=REDIS_CONNECTIONS,
-        timeout=REDIS_POOL_WAIT_S,
+        wait_s=REDIS_POOL_WAIT_S,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=10,
