@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -29,7 +30,9 @@ def _run(
         finally:
             await pool.aclose()
 
-    return asyncio.run(main())
+    # A thread of its own: in the whole suite, the browser tests' Playwright keeps a loop running here.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, main()).result()
 
 
 async def _settle() -> None:
